@@ -1,0 +1,271 @@
+"""The ``run`` and ``report`` commands, and the load-test execution ``demo`` shares.
+
+:func:`execute` owns one load test from the originator's start to the printed report:
+it starts the workers (with SIGINT ignored so that only this process sees Ctrl-C), sets the
+originate commands, loads the apps, runs :class:`~fastswitch.cli.runner.LoadTest`, always
+shuts the originator down (the workers flush their CDR files), then prints the report and
+returns the exit code of the thresholds' verdict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from fastswitch.cli.apps import resolve
+from fastswitch.cli.config import RunConfig, build_config, read_toml
+from fastswitch.cli.keys import KeyReader
+from fastswitch.cli.parse import AppSpec, parse_duration
+from fastswitch.cli.report import REPORT_HTML, REPORT_PNG, build_report, check_run_dir
+from fastswitch.cli.runner import LiveOutput, LoadTest
+from fastswitch.cli.signals import StopRequests, children_ignore_sigint
+from fastswitch.cli.thresholds import Thresholds
+from fastswitch.errors import CommandError, ConfigurationError
+
+EXIT_OK, EXIT_THRESHOLD = 0, 1
+
+_BIND_URL = re.compile(r"BIND-URL\s+sip:[^@\s]*@(?:\[([^\]]+)\]|([^:;\s]+)):(\d+)")
+
+
+def thresholds_from_args(args: argparse.Namespace) -> Thresholds:
+    """The thresholds given as options (unset ones None)."""
+    return Thresholds(
+        max_failed=getattr(args, "max_failed", None),
+        max_setup_p99=getattr(args, "max_setup_p99", None),
+        min_rate=getattr(args, "min_rate", None),
+    )
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The options of ``run``/``demo`` as ``build_config`` overrides (None = not given)."""
+    keys = (
+        "password",
+        "proxy",
+        "profile",
+        "dest_url",
+        "originate_cmd",
+        "rate",
+        "limit",
+        "duration",
+        "max_sessions",
+        "time",
+        "ramp",
+        "drain",
+        "run_dir",
+        "apps",
+    )
+    out = {k: getattr(args, k, None) for k in keys}
+    hosts = getattr(args, "hosts", None)
+    out["hosts"] = hosts or None
+    th = thresholds_from_args(args)
+    out["thresholds"] = th if th.any else None
+    return out
+
+
+def resolve_apps(specs: list[AppSpec]) -> list[tuple[AppSpec, type, dict[str, Any]]]:
+    """Resolve every ``--app`` before connecting, so a typo fails fast with exit code 2."""
+    out = []
+    for spec in specs:
+        cls, params = resolve(spec)
+        out.append((spec, cls, params))
+    return out
+
+
+def app_ids(resolved: list[tuple[AppSpec, type, dict[str, Any]]]) -> list[str]:
+    """A distinct app id per ``--app`` entry (the short name; numbered when repeated)."""
+    ids: list[str] = []
+    for spec, _cls, _params in resolved:
+        base = re.sub(r"[^\w.-]", "_", spec.name)
+        name, n = base, 1
+        while name in ids:
+            n += 1
+            name = f"{base}{n}"
+        ids.append(name)
+    return ids
+
+
+def make_run_dir(path: Path | None) -> Path:
+    """The run directory: the given one (created), or a new timestamped one."""
+    from fastswitch.measure import new_run_dir
+
+    if path is None:
+        return new_run_dir()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigurationError(
+            f"cannot create run directory {str(path)!r}: {e.strerror}"
+        ) from None
+    return path
+
+
+def live_mode(args: argparse.Namespace) -> str:
+    """'rich' on a terminal, 'plain' otherwise or with --plain."""
+    if getattr(args, "plain", False) or not sys.stdout.isatty():
+        return "plain"
+    return "rich"
+
+
+def profile_sip_address(client: Any, profile: str) -> tuple[str, int]:
+    """The SIP address of ``profile`` on a slave, from ``sofia status profile`` (BIND-URL)."""
+    try:
+        reply = client.api(f"sofia status profile {profile}")
+    except CommandError as e:
+        reply = str(e)
+    m = _BIND_URL.search(reply or "")
+    if not m:
+        first = (reply or "").strip().splitlines()[0] if (reply or "").strip() else "no reply"
+        raise ConfigurationError(
+            f"cannot find the SIP address of profile {profile!r} on {client.host}:{client.port} "
+            f"(sofia status profile: {first[:80]}): give --dest-url USER@HOST:PORT or --profile"
+        )
+    return (m.group(1) or m.group(2)), int(m.group(3))
+
+
+def with_tracking_vars(cmd: str) -> str:
+    """A whole ``--originate-cmd`` with the call-tracking variables fastswitch needs added.
+
+    The variables go first in the ``{...}`` block (a block is added when there is none), so
+    that the user's own settings win on conflict for anything but tracking.
+    """
+    from fastswitch.commands import ORIGINATING_SESSION_VAR, client_var
+
+    s = cmd.strip()
+    if s.startswith("originate "):
+        s = s[len("originate ") :].lstrip()
+    var = client_var()
+    tracking = (
+        f"origination_uuid={{uuid_str}},{var}={{app_id}},sip_h_X-{var}={{app_id}},"
+        f"{ORIGINATING_SESSION_VAR}={{uuid_str}}"
+    )
+    if "{uuid_str}" in s:  # already templated by the user
+        return "originate " + s
+    # literal braces must be doubled for str.format
+    s = s.replace("{", "{{").replace("}", "}}")
+    if s.startswith("{{"):
+        return "originate {{" + tracking + "," + s[2:]
+    return "originate {{" + tracking + "}}" + s
+
+
+def configure_commands(orig: Any, cfg: RunConfig) -> None:
+    """Set each slave's originate command from the options (or the whole given command)."""
+    if cfg.originate_cmd:
+        template = with_tracking_vars(cfg.originate_cmd)
+        for client in orig.pool.clients:
+            client.set_orig_template(template)
+        return
+    for client in orig.pool.clients:
+        if cfg.dest_url:
+            dest = cfg.dest_url
+        else:
+            host, port = profile_sip_address(client, cfg.profile)
+            dest = f"fastswitch@{host}:{port}"
+        client.set_orig_cmd(dest, profile=cfg.profile, proxy=cfg.proxy or dest, app_name="park")
+
+
+def execute(
+    cfg: RunConfig,
+    args: argparse.Namespace,
+    argv: list[str],
+    configure: Callable[[Any], None],
+    console: Console | None = None,
+) -> int:
+    """Run one load test with ``cfg`` and print its report; returns the exit code."""
+    from fastswitch.originator import get_originator
+
+    resolved = resolve_apps(cfg.apps)
+    run_dir = make_run_dir(cfg.run_dir)
+    console = console or Console()
+    mode = live_mode(args)
+    interval = parse_duration(getattr(args, "interval", "0.5s") or "0.5s", "--interval")
+    interval = min(max(interval, 0.1), 10.0)
+    profile = cfg.load_profile()
+    sp0 = profile.setpoint(0.0)
+    settings: dict[str, Any] = {"rate": sp0.rate, "limit": sp0.limit, "run_dir": run_dir}
+    if sp0.hold is not None:
+        settings["duration"] = sp0.hold
+    if cfg.max_sessions is not None:
+        settings["max_sessions"] = cfg.max_sessions
+    console.print(
+        f"fastswitch: connecting to {', '.join(f'{h}:{p}' for h, p in cfg.hosts)} ...",
+        highlight=False,
+    )
+    with children_ignore_sigint():
+        orig = get_originator(list(cfg.hosts), password=cfg.password, **settings)
+    outcome = None
+    keys = None
+    try:
+        with children_ignore_sigint():
+            configure(orig)
+            for (spec, cls, params), app_id in zip(resolved, app_ids(resolved), strict=True):
+                orig.load_app(cls, app_id=app_id, ppkwargs=params or None, weight=spec.weight)
+        if mode == "rich" and KeyReader.available():
+            keys = KeyReader().start()
+        with (
+            StopRequests() as stops,
+            LiveOutput(console, mode, plain_interval=max(interval, 1.0)) as out,
+        ):
+            test = LoadTest(
+                orig,
+                profile,
+                out,
+                run_dir,
+                drain=cfg.drain,
+                interval=interval,
+                keys=keys,
+                argv=argv,
+            )
+            outcome = test.run(stops)
+    finally:
+        if keys is not None:
+            keys.close()
+        with children_ignore_sigint():
+            orig.shutdown()
+        if outcome is not None:
+            outcome.save()
+    cfg.thresholds.save(run_dir)
+    return print_report(
+        run_dir, cfg.thresholds, plot=not getattr(args, "no_plot", False), console=console
+    )
+
+
+def print_report(
+    run_dir: Path, thresholds: Thresholds, plot: bool, console: Console | None = None
+) -> int:
+    """Build, print and write the report; exit code 1 when a threshold failed."""
+    report = build_report(run_dir, thresholds, plot=plot)
+    print()
+    print(report.text, end="")
+    for f in report.files:
+        if f.name in (REPORT_PNG, REPORT_HTML) or f.suffix == ".txt":
+            print(f"wrote {f}")
+    sys.stdout.flush()
+    return EXIT_OK if all(c.ok for c in report.checks) else EXIT_THRESHOLD
+
+
+def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
+    """``fastswitch run``: a load test against real slaves."""
+    data = read_toml(args.config) if args.config else None
+    cfg = build_config(data, overrides_from_args(args))
+    if not cfg.hosts:
+        raise ConfigurationError(
+            "no slaves given: list HOST[:PORT] ... or set hosts = [...] in the -c file"
+        )
+    if not cfg.originate_cmd and not cfg.proxy and not cfg.dest_url:
+        raise ConfigurationError(
+            "no call route: give --proxy SUT_ADDRESS (the system under test), --dest-url, or --originate-cmd"
+        )
+    return execute(cfg, args, argv, lambda orig: configure_commands(orig, cfg))
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """``fastswitch report RUN_DIR``: re-print the report of a finished run."""
+    run_dir = check_run_dir(Path(args.run_dir))
+    thresholds = Thresholds.load(run_dir).merged(thresholds_from_args(args))
+    return print_report(run_dir, thresholds, plot=not args.no_plot)
