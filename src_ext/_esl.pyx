@@ -233,63 +233,76 @@ cdef class Event:
         raise TypeError("Event objects are created by Parser.feed / Frame.event")
 
     # -- plain internals -------------------------------------------------------------
-    cdef void _region(self):
-        cdef Py_ssize_t t, after = -1
-        if self._t != -2:
-            return
-        t = _block_end(PyBytes_AS_STRING(self._raw), self._bs - 1, self._be, &after)
-        if t < 0:
-            self._t = self._be
-            self._after = -1
-        else:
-            self._t = t if t > self._bs else self._bs
-            self._after = after
-
     cdef int _index(self) except -1:
+        """One pass over the plain header lines: record (name, value) offsets, the hot
+        headers' first occurrences and where the lines end (the first blank line)."""
         cdef const char* p
-        cdef Py_ssize_t pos, t, e, c, vs, ve, n = 0
-        cdef const char* q
+        cdef Py_ssize_t pos, be, q, c, vs, ve, n = 0
+        cdef const char* r
         cdef Entry* ents
         cdef int h
+        cdef char ch
         if self._indexed:
             return 0
-        self._region()
         p = PyBytes_AS_STRING(self._raw)
         pos = self._bs
-        t = self._t
+        be = self._be
+        self._t = be
+        self._after = -1
         if self._cap == 0:
-            self._cap = 64 + (t - pos) // 32
+            self._cap = 64 + (be - pos) // 32
             self._ents = <Entry*>malloc(self._cap * sizeof(Entry))
             if self._ents == NULL:
                 raise MemoryError()
         ents = self._ents
-        while pos < t:
-            q = <const char*>memchr(p + pos, 10, t - pos)
-            e = t if q == NULL else q - p
-            q = <const char*>memchr(p + pos, 58, e - pos)
-            if q != NULL:
-                c = q - p
-                ve = e
-                if p[ve - 1] == 13:
-                    ve -= 1
-                vs = c + 1
-                while vs < ve and p[vs] == 32:
-                    vs += 1
-                if n == self._cap:
-                    self._cap *= 2
-                    ents = <Entry*>realloc(self._ents, self._cap * sizeof(Entry))
-                    if ents == NULL:
-                        raise MemoryError()
-                    self._ents = ents
-                ents[n].no = pos
-                ents[n].nl = c - pos
-                ents[n].vo = vs
-                ents[n].vl = ve - vs
-                h = _hot_index(p + pos, c - pos)
-                if h >= 0 and self._hot[h] < 0:
-                    self._hot[h] = <int>n
-                n += 1
-            pos = e + 1
+        while pos < be:
+            # a blank line here (the byte before pos is always '\n') ends the lines
+            ch = p[pos]
+            if ch == 10:
+                self._t = pos - 1 if pos - 1 > self._bs else self._bs
+                self._after = pos + 1
+                break
+            if ch == 13 and pos + 1 < be and p[pos + 1] == 10:
+                self._t = pos - 1 if pos - 1 > self._bs else self._bs
+                self._after = pos + 2
+                break
+            # the name runs to the first ':' (a line without one is skipped)
+            q = pos
+            c = -1
+            while q < be:
+                ch = p[q]
+                if ch == 58:
+                    c = q
+                    break
+                if ch == 10:
+                    break
+                q += 1
+            if c < 0:
+                pos = q + 1
+                continue
+            r = <const char*>memchr(p + c + 1, 10, be - c - 1)
+            ve = be if r == NULL else r - p
+            q = ve
+            if p[ve - 1] == 13:
+                ve -= 1
+            vs = c + 1
+            while vs < ve and p[vs] == 32:
+                vs += 1
+            if n == self._cap:
+                self._cap *= 2
+                ents = <Entry*>realloc(self._ents, self._cap * sizeof(Entry))
+                if ents == NULL:
+                    raise MemoryError()
+                self._ents = ents
+            ents[n].no = pos
+            ents[n].nl = c - pos
+            ents[n].vo = vs
+            ents[n].vl = ve - vs
+            h = _hot_index(p + pos, c - pos)
+            if h >= 0 and self._hot[h] < 0:
+                self._hot[h] = <int>n
+            n += 1
+            pos = q + 1
         self._n = n
         self._indexed = True
         return 0
