@@ -207,9 +207,11 @@ class ESLProtocol(asyncio.Protocol):
             log.debug("%s: ignoring frame %r", self.addr, frame)
 
     def _garbage(self, exc: ESLProtocolError) -> None:
-        err = ESLProtocolError(
-            f"{self.addr} sent a malformed ESL stream: {exc.args[0]}", exc.offset
-        )
+        msg = str(exc)
+        suffix = f" (at byte offset {exc.offset})"
+        if msg.endswith(suffix):
+            msg = msg[: -len(suffix)]
+        err = ESLProtocolError(f"{self.addr} sent a malformed ESL stream: {msg}", exc.offset)
         err.__cause__ = exc
         log.error("%s", err)
         self.error = err
@@ -331,6 +333,7 @@ class Client:
         self._connected_ev: asyncio.Event | None = None
         self._writable: asyncio.Event | None = None
         self.connections = 0  # successful (re)connections so far
+        self.last_error: BaseException | None = None  # why the last connection ended
 
     def __repr__(self) -> str:
         state = "connected" if self.connected else "disconnected"
@@ -491,6 +494,7 @@ class Client:
         if proto is not self._proto:
             return
         self._proto = None
+        self.last_error = cause
         if self._connected_ev is not None:
             self._connected_ev.clear()
         if self._writable is not None:
@@ -592,7 +596,8 @@ class Client:
     def _conn(self) -> ESLProtocol:
         p = self._proto
         if p is None:
-            raise ConnectionLost(f"not connected to {self.addr}")
+            why = f" (last error: {self.last_error})" if self.last_error is not None else ""
+            raise ConnectionLost(f"not connected to {self.addr}{why}")
         return p
 
     def api(self, cmd: str, *, errcheck: bool = True, raw: bool = False) -> asyncio.Future:

@@ -167,9 +167,12 @@ class Session:
         """Answer the channel (``uuid_answer``)."""
         return self._api(f"uuid_answer {self.uuid}")
 
-    def hangup(self, cause: str = "NORMAL_CLEARING") -> asyncio.Future:
-        """Hang the channel up with ``cause`` (``uuid_kill``)."""
-        return self._api(f"uuid_kill {self.uuid} {cause}")
+    def hangup(self, cause: str | None = None) -> asyncio.Future:
+        """Hang the channel up (``uuid_kill <uuid> [cause]``; FreeSWITCH's default cause
+        is NORMAL_CLEARING)."""
+        if cause:
+            return self._api(f"uuid_kill {self.uuid} {cause}")
+        return self._api(f"uuid_kill {self.uuid}")
 
     def park(self) -> asyncio.Future:
         """Park the channel (``uuid_park``)."""
@@ -319,7 +322,7 @@ class Call:
                 return s
         return None
 
-    def hangup(self, cause: str = "NORMAL_CLEARING") -> asyncio.Future | None:
+    def hangup(self, cause: str | None = None) -> asyncio.Future | None:
         """Hang up the first leg (the far leg follows by BYE/CANCEL)."""
         first = self.first
         return first.hangup(cause) if first is not None else None

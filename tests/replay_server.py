@@ -129,13 +129,25 @@ class ScriptServer:
 
 
 class ReplayServer(ScriptServer):
-    """Replays ``<capture>.bin`` in step with the commands of ``<capture>.txt``."""
+    """Replays ``<capture>.bin`` in step with the commands of ``<capture>.txt``.
 
-    def __init__(self, capture: Path) -> None:
+    ``answer_events=True`` answers ``event ...`` commands with ``+OK`` outside the
+    capture (for captures made without a subscription).
+    """
+
+    def __init__(self, capture: Path, answer_events: bool = False) -> None:
         self.data, self.offsets, self.sends = load_capture(capture)
+        self.answer_events = answer_events
+        self._step = 0
         super().__init__(self._chunk, greeting=self.data[: self.offsets[0]])
 
-    def _chunk(self, index: int, cmd: bytes) -> object:
+    def _chunk(self, _index: int, cmd: bytes) -> object:
+        if self.answer_events and cmd.startswith(b"event "):
+            # a capture without an event subscription: answer it without using a step
+            fmt = cmd.split(b" ")[1].decode()
+            return reply(f"+OK event listener enabled {fmt}")
+        index = self._step
+        self._step += 1
         offs = self.offsets
         if index >= len(offs):
             return CLOSE
