@@ -57,6 +57,9 @@ __all__ = ["Originator", "get_originator", "INITIAL", "ORIGINATING", "STOPPED", 
 #: Pad (seconds) of the automatic duration ``limit / rate + DURATION_OFFSET``.
 DURATION_OFFSET = 10
 
+#: Extra keyword options passed through to the workers.
+_WORKER_OPTIONS = frozenset({"client_options", "log_level", "log_max_per_sec", "reconnect"})
+
 _live: weakref.WeakSet[Originator] = weakref.WeakSet()
 
 
@@ -134,6 +137,9 @@ class Originator:
         monitor_period: float = 0.1,
         **worker_options: Any,
     ) -> None:
+        unknown = set(worker_options) - _WORKER_OPTIONS
+        if unknown:
+            raise TypeError(f"unknown Originator settings: {', '.join(sorted(unknown))}")
         self._check_rate(rate)
         self._check_limit(limit)
         self.hosts = [h for h, _p, _pw in contacts]
@@ -242,6 +248,14 @@ class Originator:
         handle.wait_ready(self.connect_timeout + 10.0)
         for blob, app_id, ppkwargs, weight, _name in self._apps:
             handle.request(("load_app", blob, app_id, ppkwargs, weight))
+            # calls the dead incarnation left on the slave have no hold timer any more:
+            # end them (A-legs only: B-legs of other workers' calls are not ours to end)
+            try:
+                handle.api(f"hupall NORMAL_CLEARING fastswitch_client {app_id}")
+            except Exception as exc:
+                self.log.warning(
+                    "could not clear orphaned calls on %s:%d: %s", handle.host, handle.port, exc
+                )
         if handle.orig_cmd_args is not None:
             args, kwargs = handle.orig_cmd_args
             handle.set_orig_cmd(*args, **kwargs)
