@@ -33,13 +33,15 @@ have ended after a hupall.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import math
 import multiprocessing
 import os
+import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.connection import wait as mp_wait
 from pathlib import Path
 from typing import Any
@@ -72,6 +74,33 @@ def _shutdown_all() -> None:
 
 
 atexit.register(_shutdown_all)
+
+
+@contextlib.contextmanager
+def _main_hidden() -> Iterator[None]:
+    """Keep a 'spawn' child from re-running the parent's ``__main__`` (a script without an
+    ``if __name__ == '__main__'`` guard would otherwise start a second Originator in every
+    worker). Workers never need ``__main__``: apps defined there are shipped by value with
+    cloudpickle."""
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    saved_file = main.__dict__.pop("__file__", _MISSING)
+    saved_spec = main.__dict__.get("__spec__", _MISSING)
+    main.__spec__ = None
+    try:
+        yield
+    finally:
+        if saved_file is not _MISSING:
+            main.__file__ = saved_file
+        if saved_spec is _MISSING:
+            main.__dict__.pop("__spec__", None)
+        else:
+            main.__spec__ = saved_spec
+
+
+_MISSING = object()
 
 
 def _fmt_num(x: float) -> str:
@@ -239,7 +268,8 @@ class Originator:
             ),
             daemon=True,
         )
-        proc.start()
+        with _main_hidden():
+            proc.start()
         child_conn.close()
         handle.attach(proc, parent_conn)
 
