@@ -324,3 +324,32 @@ def test_render():
     console.print(render(_snap(remaining=None, slaves=[], state="paused")))
     out = console.export_text()
     assert "until stopped" in out and "paused" in out and "127.0.0.1" not in out
+
+
+def test_parse_originate_cmd_round_trips_through_the_builder():
+    from fastswitch.cli.origcmd import parse_originate_cmd
+    from fastswitch.commands import build_originate_cmd
+
+    cmd = (
+        "originate {originate_timeout=30,sip_h_X-Test=a\\,b,origination_uuid=mine}"
+        "sofia/gateway/sut/1000;fs_path=sip:10.0.0.1:5060 &park()"
+    )
+    dest, kw = parse_originate_cmd(cmd)
+    assert dest == "1000"
+    assert kw["gateway"] == "sut" and kw["proxy"] == "10.0.0.1:5060" and kw["timeout"] == 30
+    assert kw["app_name"] == "park" and kw["sip_h_X-Test"] == "a,b"
+    assert "origination_uuid" not in kw  # fastswitch sets its own tracking variables
+    out = build_originate_cmd(dest, **kw).format(uuid_str="U", app_id="A", call_index=1)
+    assert out.startswith("originate {origination_uuid=U,fastswitch_client=A,")
+    assert "originate_timeout=30" in out and "sip_h_X-Test=a\\,b" in out
+    assert out.endswith("}sofia/gateway/sut/1000;fs_path=sip:10.0.0.1:5060 &park()")
+    dest, kw = parse_originate_cmd("sofia/external/x@h:5080 9999 XML public")
+    assert (dest, kw["profile"], kw["app_name"], kw["dp_context"]) == (
+        "x@h:5080",
+        "external",
+        "9999",
+        "public",
+    )
+    for bad in ("originate sofia/external/x@h", "user/1000 &park()", "{a=1 sofia/x/y &park()"):
+        with pytest.raises(ConfigurationError, match="originate-cmd"):
+            parse_originate_cmd(bad)

@@ -25,16 +25,11 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    "bert": Preset("Bert", {}, "audio-checked calls with mod_bert (the default)"),
-    "ringback": Preset(
-        "CalleeRingback", {}, "callee rings back (180/183 + tone) and never answers"
-    ),
-    "block": Preset("CalleeBlockOnInvite", {}, "callee rejects every INVITE"),
-    "block404": Preset(
-        "CalleeBlockOnInvite", {"response": 404}, "callee rejects every INVITE with 404"
-    ),
     "block486": Preset(
-        "CalleeBlockOnInvite", {"response": 486}, "callee rejects every INVITE with 486 busy"
+        "CalleeBlockOnInvite", {"response": 486}, "the callee rejects every INVITE with 486 busy"
+    ),
+    "block503": Preset(
+        "CalleeBlockOnInvite", {"response": 503}, "the callee rejects every INVITE with 503"
     ),
 }
 
@@ -76,29 +71,35 @@ def resolve(spec: AppSpec) -> tuple[type, dict[str, Any]]:
 
 
 def prepost_params(cls: type) -> list[inspect.Parameter]:
-    """The keyword parameters an app's ``prepost`` accepts (after client and listener)."""
-    pp = getattr(cls, "prepost", None)
-    if pp is None:
-        return []
-    try:
-        sig = inspect.signature(pp)
-    except (TypeError, ValueError):
-        return []
-    params = list(sig.parameters.values())
-    out = []
-    for p in params:
-        if p.name in ("self", "client", "listener"):
+    """The settings an app accepts through ``ppkwargs``.
+
+    ``prepost``'s keyword parameters (after client and listener); when ``prepost`` takes
+    ``**kwargs`` and passes them on to the app's settings, the constructor's parameters.
+    """
+    out: list[inspect.Parameter] = []
+    var_kw = False
+    for fn in (getattr(cls, "prepost", None), cls.__init__):
+        if fn is None or fn is object.__init__:
             continue
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY, p.VAR_KEYWORD):
-            out.append(p)
+        try:
+            params = inspect.signature(fn).parameters.values()
+        except (TypeError, ValueError):
+            continue
+        for p in params:
+            if p.name in ("self", "client", "listener") or p.kind == p.VAR_POSITIONAL:
+                continue
+            if p.kind == p.VAR_KEYWORD:
+                var_kw = True
+            elif all(p.name != q.name for q in out):
+                out.append(p)
+        if not var_kw:
+            break
+        var_kw = False
     return out
 
 
 def _check_params(cls: type, params: dict[str, Any], shown: str) -> None:
-    accepted = prepost_params(cls)
-    if any(p.kind == p.VAR_KEYWORD for p in accepted):
-        return
-    names = {p.name for p in accepted}
+    names = {p.name for p in prepost_params(cls)}
     bad = sorted(set(params) - names)
     if bad:
         hint = ", ".join(sorted(names)) if names else "none"
@@ -116,25 +117,31 @@ def _param_text(p: inspect.Parameter) -> str:
 
 
 def first_line(obj: Any) -> str:
-    """The first line of an object's docstring ('' without one)."""
+    """The first sentence (or paragraph) of an object's docstring ('' without one)."""
     doc = inspect.getdoc(obj) or ""
-    return doc.strip().splitlines()[0] if doc.strip() else ""
+    para = " ".join(doc.strip().split("\n\n")[0].split())
+    end = para.find(". ")
+    return para[: end + 1] if end >= 0 else para
 
 
 def format_app_list() -> str:
-    """The ``list-apps`` text: registered apps with their parameters, then the presets."""
+    """The ``list-apps`` text: each registered app (all its names) with its parameters,
+    then the CLI presets."""
     apps = registry()
-    lines = ["Apps (use with --app NAME[:WEIGHT][/key=value,...]):", ""]
-    for name in sorted(apps, key=str.lower):
-        cls = apps[name]
-        lines.append(f"  {name:<22} {first_line(cls)}")
+    by_class: dict[type, list[str]] = {}
+    for name, cls in apps.items():
+        by_class.setdefault(cls, []).append(name)
+    lines = ["Apps (--app NAME[:WEIGHT][/key=value,...]):", ""]
+    for cls, names in sorted(by_class.items(), key=lambda kv: min(kv[1], key=str.lower).lower()):
+        names.sort(key=lambda n: (n != n.lower(), n))
+        lines.append(f"  {' | '.join(names)}")
+        lines.append(f"      {first_line(cls)}")
         params = prepost_params(cls)
         if params:
-            lines.append(f"  {'':<22} parameters: {', '.join(_param_text(p) for p in params)}")
-        lines.append(f"  {'':<22} module: {cls.__module__}")
+            lines.append(f"      parameters: {', '.join(_param_text(p) for p in params)}")
+        lines.append(f"      class: {cls.__module__}:{cls.__name__}")
     lines += ["", "Presets:", ""]
     for short, pre in PRESETS.items():
-        extra = f" {pre.params}" if pre.params else ""
-        present = "" if pre.app in apps else "  (not available)"
-        lines.append(f"  {short:<22} {pre.app}{extra}: {pre.description}{present}")
+        args = ",".join(f"{k}={v}" for k, v in pre.params.items())
+        lines.append(f"  {short:<10} = {pre.app}/{args}: {pre.description}")
     return "\n".join(lines)

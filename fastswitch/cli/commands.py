@@ -21,6 +21,7 @@ from rich.console import Console
 from fastswitch.cli.apps import resolve
 from fastswitch.cli.config import RunConfig, build_config, read_toml
 from fastswitch.cli.keys import KeyReader
+from fastswitch.cli.origcmd import parse_originate_cmd
 from fastswitch.cli.parse import AppSpec, parse_duration
 from fastswitch.cli.report import REPORT_HTML, REPORT_PNG, build_report, check_run_dir
 from fastswitch.cli.runner import LiveOutput, LoadTest
@@ -128,37 +129,12 @@ def profile_sip_address(client: Any, profile: str) -> tuple[str, int]:
     return (m.group(1) or m.group(2)), int(m.group(3))
 
 
-def with_tracking_vars(cmd: str) -> str:
-    """A whole ``--originate-cmd`` with the call-tracking variables fastswitch needs added.
-
-    The variables go first in the ``{...}`` block (a block is added when there is none), so
-    that the user's own settings win on conflict for anything but tracking.
-    """
-    from fastswitch.commands import ORIGINATING_SESSION_VAR, client_var
-
-    s = cmd.strip()
-    if s.startswith("originate "):
-        s = s[len("originate ") :].lstrip()
-    var = client_var()
-    tracking = (
-        f"origination_uuid={{uuid_str}},{var}={{app_id}},sip_h_X-{var}={{app_id}},"
-        f"{ORIGINATING_SESSION_VAR}={{uuid_str}}"
-    )
-    if "{uuid_str}" in s:  # already templated by the user
-        return "originate " + s
-    # literal braces must be doubled for str.format
-    s = s.replace("{", "{{").replace("}", "}}")
-    if s.startswith("{{"):
-        return "originate {{" + tracking + "," + s[2:]
-    return "originate {{" + tracking + "}}" + s
-
-
 def configure_commands(orig: Any, cfg: RunConfig) -> None:
     """Set each slave's originate command from the options (or the whole given command)."""
     if cfg.originate_cmd:
-        template = with_tracking_vars(cfg.originate_cmd)
+        dest_url, kwargs = parse_originate_cmd(cfg.originate_cmd)
         for client in orig.pool.clients:
-            client.set_orig_template(template)
+            client.set_orig_cmd(dest_url, **kwargs)
         return
     for client in orig.pool.clients:
         if cfg.dest_url:
@@ -204,7 +180,10 @@ def execute(
         with children_ignore_sigint():
             configure(orig)
             for (spec, cls, params), app_id in zip(resolved, app_ids(resolved), strict=True):
-                orig.load_app(cls, app_id=app_id, ppkwargs=params or None, weight=spec.weight)
+                try:
+                    orig.load_app(cls, app_id=app_id, ppkwargs=params or None, weight=spec.weight)
+                except (TypeError, ValueError) as e:
+                    raise ConfigurationError(f"cannot load app {spec.name!r}: {e}") from None
         if mode == "rich" and KeyReader.available():
             keys = KeyReader().start()
         with (

@@ -121,6 +121,7 @@ class LiveOutput:
         self.plain_interval = plain_interval
         self._live: Live | None = None
         self._last_plain = -math.inf
+        self._last_message: str | None = None
 
     def __enter__(self) -> LiveOutput:
         if self.mode == "rich":
@@ -133,6 +134,9 @@ class LiveOutput:
         if self._live is not None:
             self._live.update(render(snap), refresh=True)
         elif self.mode == "plain":
+            if snap.message and snap.message != self._last_message:
+                print(f"fastswitch: {snap.message}", file=sys.stdout, flush=True)
+            self._last_message = snap.message
             now = time.monotonic()
             if force or now - self._last_plain >= self.plain_interval - 1e-3:
                 self._last_plain = now
