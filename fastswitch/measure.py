@@ -843,6 +843,10 @@ def _group_summary(
     }
 
 
+# A counter target at or above this is "unlimited" (workers write 2**53 for an infinite limit).
+_UNLIMITED = 1e15
+
+
 def summarize(
     table: pa.Table,
     counters: pa.Table | None = None,
@@ -858,12 +862,15 @@ def summarize(
       ``failed_by_verdict``: ``{app_verdict: n}``; ``lost``: rows with ``lost`` set, and
       ``lost_by_reason``; ``callee_only``: B-leg rows with no caller row in the run.
     - ``start``, ``end``, ``duration``: first and last ``caller_create`` and the span (s).
-    - ``rate``: ``achieved`` (offered / span, calls/s), ``target`` (the last ``rate`` setting,
-      else the sum of the workers' last ``rate_target``), ``over_time``: one entry a second
-      ``{"t": seconds since start, "achieved": calls created in that second, "target": ...}``.
+    - ``rate``: ``achieved`` (offered / span, calls/s), ``target`` (in force at the last
+      call's creation), ``over_time``: one entry a second ``{"t": seconds since start,
+      "achieved": calls created in that second, "target": target at mid-second}``. A target
+      is the sum over workers of their latest ``rate_target`` counter sample at that time;
+      without counters, the ``rate`` setting (settings.json, with its changes).
     - ``concurrency``: ``max_active_calls`` (most calls alive at once, from the CDR intervals
       ``caller_create`` → ``caller_hangup``), ``max_active_counters`` (largest per-second sum of
-      the workers' ``active_calls``), ``limit`` (the last ``limit`` setting or summed targets).
+      the workers' ``active_calls``), ``limit`` (``limit_target`` / the ``limit`` setting, as
+      for the rate; None when unlimited).
     - ``latency``: for each of call_setup, answer, invite and originate latency (see
       :func:`call_metrics`): count, mean, p50, p90, p99, max — seconds, over the calls that
       have the value, percentiles by numpy's linear interpolation.
@@ -915,9 +922,12 @@ def summarize(
         return total if any_ else None
 
     def target_at(setting: str, counter: str, t: float):
-        v = settings_value_at(settings, setting, t)
+        v = counter_sum_at(counter, t)
         if v is None:
-            v = counter_sum_at(counter, t)
+            v = settings_value_at(settings, setting, t)
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            if not math.isfinite(v) or v >= _UNLIMITED:
+                return None  # no limit
         return v
 
     over_time = []
@@ -934,7 +944,7 @@ def summarize(
                     "target": target_at("rate", "rate_target", start + k + 0.5),
                 }
             )
-    last_t = math.inf
+    last_t = end if end is not None else math.inf
     rate_target = target_at("rate", "rate_target", last_t)
     limit_target = target_at("limit", "limit_target", last_t)
 

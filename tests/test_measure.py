@@ -545,7 +545,7 @@ def test_run_call_metrics_is_a_dataframe_in_cdr_order(tmp_path):
 # -- summary --------------------------------------------------------------------------------
 
 
-def _summary_run(tmp_path) -> Path:
+def _summary_run(tmp_path, counters: bool = True) -> Path:
     rows = []
     # 100 answered calls on two slaves, 10 per second, setup latency 1..100 ms.
     for i in range(100):
@@ -597,10 +597,12 @@ def _summary_run(tmp_path) -> Path:
         write_cdr(cdr_path(tmp_path, w), [r for r in rows if row_dict(r)["worker"] == w])
     log = SettingsLog(tmp_path, initial={"rate": 10, "limit": 12})
     log.record("rate", 20, time_=T0 + 5.0)
-    for w in (0, 1):
-        with CounterWriter(counters_path(tmp_path, w), worker=w) as cw:
-            for k in range(11):
-                cw.append((T0 + k + 0.5, 5 * k, 5 * k, 0, 5 + w, 10, 5.0, 6.0))
+    if counters:
+        for w in (0, 1):
+            with CounterWriter(counters_path(tmp_path, w), worker=w) as cw:
+                for k in range(11):
+                    share = 5.0 if k < 5 else 10.0  # the workers' rate shares: 10 then 20 /s
+                    cw.append((T0 + k + 0.25, 5 * k, 5 * k, 0, 5 + w, 10, share, 6.0))
     return tmp_path
 
 
@@ -623,7 +625,7 @@ def test_summary_counts_percentiles_rates_and_groups(tmp_path):
     assert math.isclose(inv["max"], 0.002, abs_tol=1e-6)
     assert inv["count"] == 101  # the lost call got its B-leg
     assert s["concurrency"]["max_active_calls"] >= 10
-    assert s["concurrency"]["limit"] == 12
+    assert s["concurrency"]["limit"] == 12.0  # 6 + 6 from the counters
     assert s["concurrency"]["max_active_counters"] == 11  # 5 + 6 summed over the workers
     assert math.isclose(s["duration"], 10.5, abs_tol=1e-6)
     assert math.isclose(s["rate"]["achieved"], 106 / 10.5)
@@ -643,6 +645,21 @@ def test_summary_counts_percentiles_rates_and_groups(tmp_path):
     assert "USER_BUSY" in text and "app2" in text and "10.0.0.1:8021" in text
     assert "50.5" in text  # setup p50 in ms
     json.dumps(s)  # plain data
+
+
+def test_targets_from_settings_changes_without_counters(tmp_path):
+    s = load_run(_summary_run(tmp_path, counters=False)).summary()
+    assert s["rate"]["target"] == 20 and s["concurrency"]["limit"] == 12
+    assert s["concurrency"]["max_active_counters"] is None
+    ot = s["rate"]["over_time"]
+    assert [e["target"] for e in ot[:5]] == [10] * 5 and ot[5]["target"] == 20
+
+
+def test_unlimited_limit_target_reads_as_none(tmp_path):
+    write_cdr(cdr_path(tmp_path, 0), [make_row(i) for i in range(3)])
+    with CounterWriter(counters_path(tmp_path, 0), worker=0) as cw:
+        cw.append((T0, 0, 0, 0, 0, 0, 10.0, float(2**53)))
+    assert load_run(tmp_path).summary()["concurrency"]["limit"] is None
 
 
 def test_max_active_calls_from_intervals(tmp_path):
