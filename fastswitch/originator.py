@@ -197,6 +197,7 @@ class Originator:
         ]
         self._retired_causes: list[dict[str, int]] = [{} for _ in contacts]
         self._dead: set[int] = set()
+        self._restart_at: dict[int, tuple[float, float]] = {}  # index -> (not before, backoff)
         self._stale: set[int] = set()
         self._max_alloc: list[float] = [math.inf] * len(contacts)
         self._weights: list[float] = [0.0] * len(contacts)
@@ -363,18 +364,30 @@ class Originator:
             if stale and now - hb > 5 * self.heartbeat_timeout and h.is_alive():
                 self.log.error("worker for %s:%d hung; killing it", h.host, h.port)
                 h.process.kill()
+        if changed:
+            self._rebalance(force=True)  # the survivors take the share at once
+            changed = False
         if self.restart:
             for i in sorted(self._dead):
                 h = handles[i]
+                due, backoff = self._restart_at.get(i, (0.0, 0.5))
+                if now < due or self._closed:
+                    continue
                 try:
                     self._restart(h)
                 except Exception as exc:
+                    self._restart_at[i] = (time.monotonic() + backoff, min(backoff * 2, 10.0))
                     self.log.error(
-                        "restarting the worker for %s:%d failed: %s", h.host, h.port, exc
+                        "restarting the worker for %s:%d failed (next try in %.1fs): %s",
+                        h.host,
+                        h.port,
+                        backoff,
+                        exc,
                     )
                     if h.is_alive():
                         h.process.kill()
                     continue
+                self._restart_at.pop(i, None)
                 with self._lock:
                     self._dead.discard(i)
                 self.log.info("worker for %s:%d restarted", h.host, h.port)
