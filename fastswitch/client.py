@@ -265,7 +265,9 @@ class Client:
     header; ``'caller_id'``: by the call index in the caller-id number, for SUTs that
     strip X- headers), ``cid_prefix`` (digits before the call index), ``call_filter``
     (install ``filter`` commands so only this client's calls are delivered on a shared
-    server), ``events`` (extra subscriptions), ``uuid_func``.
+    server), ``track_remote`` (track B-legs other workers originated as remote calls;
+    turn off when several workers share one slave), ``events`` (extra subscriptions),
+    ``uuid_func``.
 
     Hooks: ``connect_hooks`` (``f(client)``, after every (re)connection),
     ``disconnect_hooks`` (``f(client, cause, (calls, sessions, jobs) lost)``),
@@ -289,6 +291,7 @@ class Client:
         correlation: str = "uuid",
         cid_prefix: str = "",
         call_filter: bool = False,
+        track_remote: bool = True,
         events: Iterable[str] = (),
         uuid_func: Callable[[], str] | None = None,
     ) -> None:
@@ -313,6 +316,7 @@ class Client:
         self.listener = CallTracker(self, var_prefix=var_prefix, correlation=correlation)
         self.apps = AppRegistry()
         self.listener.dispatch = self.apps.dispatch
+        self.listener.track_remote = track_remote
 
         self.connect_hooks: list[Callable[[Client], Any]] = []
         self.disconnect_hooks: list[Callable[[Client, BaseException, tuple], Any]] = []
@@ -457,11 +461,13 @@ class Client:
         if new:
             futs.append(proto.command(self._event_command(new)))
             self._subscribed |= new
-        self.listener.final_event = (
+        listener = self.listener
+        listener.final_event = (
             "CHANNEL_DESTROY"
             if "CHANNEL_DESTROY" in self._subscribed
             else "CHANNEL_HANGUP_COMPLETE"
         )
+        listener.originate_from_create = "CHANNEL_ORIGINATE" not in self._subscribed
         if self.call_filter:
             for f in sorted(self._filters_for(self._subscribed) - self._auto_filters):
                 futs.append(proto.command(f"filter {f[0]} {f[1]}"))

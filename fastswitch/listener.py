@@ -75,6 +75,12 @@ class CallTracker:
         self.correlation = correlation
         self.final_event = final_event
         self.app_ids: set[str] = set()  # our app ids (for recognising remote B-legs)
+        #: track B-legs of calls other workers originated (turn off when several workers
+        #: share one slave: each of them already tracks its own B-legs there)
+        self.track_remote = True
+        #: without a CHANNEL_ORIGINATE subscription, an A-leg's originate time is its
+        #: CHANNEL_CREATE (FS fires both back to back with the same timestamp)
+        self.originate_from_create = True
 
         self.sessions: dict[str, Session] = {}
         self.calls: dict[str, Call] = {}
@@ -196,7 +202,12 @@ class CallTracker:
             app_id = ev.get(self.app_var_b) or (call.app_id if call is not None else None)
             if call is None:
                 # A B-leg of a call another worker originated (the SUT routed it here).
-                if not key or app_id is None or (self.app_ids and app_id not in self.app_ids):
+                if (
+                    not key
+                    or app_id is None
+                    or not self.track_remote
+                    or (self.app_ids and app_id not in self.app_ids)
+                ):
                     return None
                 call = Call(key, app_id=app_id, remote=True)
                 self.calls[key] = call
@@ -207,6 +218,9 @@ class CallTracker:
         sess = Session(uuid, direction, app_id, call, self.client, ev)
         sess.create_time = now
         sess.create_fs_time = ev.timestamp / 1e6
+        if direction == "outbound" and self.originate_from_create:
+            sess.originate_time = now
+            sess.originate_fs_time = sess.create_fs_time
         call.sessions.append(sess)
         call.live += 1
         if call.app_id is None:

@@ -221,7 +221,7 @@ class Session:
 
     async def getvar(self, name: str) -> str | None:
         """Read a channel variable from FreeSWITCH (``uuid_getvar``); None when unset."""
-        value = await self._client().api(f"uuid_getvar {self.uuid} {name}")
+        value = (await self._client().api(f"uuid_getvar {self.uuid} {name}")).rstrip("\n")
         return None if value == "_undef_" else value
 
     def execute(self, app: str, arg: str | None = None) -> asyncio.Future:

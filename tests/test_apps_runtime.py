@@ -108,6 +108,8 @@ async def test_flow_k_uuid_answer(captures_dir):
     assert app.jobs == [job] and call.job is job
     a, b = call.caller, call.callee
     assert a.hangup_cause == "ALLOTTED_TIMEOUT" and b.hangup_cause == "NORMAL_CLEARING"
+    # no CHANNEL_ORIGINATE subscribed: the A-leg's originate time is its CREATE
+    assert a.originate_time == a.create_time and b.originate_time is None
     assert a.answered and b.answered and call.answered
     for s in (a, b):
         assert s.create_time <= s.answer_time <= s.hangup_time
@@ -206,12 +208,14 @@ async def test_flow_m_ring_ready_and_pre_answer(captures_dir):
     assert_released(c)
 
 
+@pytest.mark.parametrize("track_remote", [True, False])
 @run
-async def test_remote_b_leg_is_its_own_call(captures_dir):
+async def test_remote_b_leg_is_its_own_call(captures_dir, track_remote):
     """The B-leg of a call originated elsewhere (here: by nobody on this client) with one
-    of our app ids is tracked as a remote call; the foreign A-leg is ignored."""
+    of our app ids is tracked as a remote call; the foreign A-leg is ignored. With
+    track_remote=False (workers sharing a slave) it is ignored too."""
     async with ReplayServer(captures_dir / "k_ctl_answer") as srv:
-        c = Client(port=srv.port, reconnect=False)
+        c = Client(port=srv.port, reconnect=False, track_remote=track_remote)
         app = AnswerThenHangup()
         c.load_app(app, "app1")
         done = []
@@ -219,10 +223,20 @@ async def test_remote_b_leg_is_its_own_call(captures_dir):
         await c.connect()
         # take the originate's step with a harmless command (its reply is a bgapi reply)
         assert (await c.cmd("noevents")).startswith("+OK Job-UUID")
-        await until(lambda: len(srv.received) >= 4)  # the app answered the B-leg
+        if track_remote:
+            await until(lambda: len(srv.received) >= 4)  # the app answered the B-leg
+        else:
+            await c.api(f"uuid_answer {K_B}")  # nobody tracks the B-leg: do the app's step
         await c.api(f"sched_hangup +1 {K_A}")  # the capture's next command
-        await until(lambda: done)
+        if track_remote:
+            await until(lambda: done)
+        else:
+            await c.noevents()  # the capture's last step: every event has been handled
         await c.close()
+    if not track_remote:
+        assert done == [] and app.seen == [] and c.listener.remote_calls == 0
+        assert_released(c)
+        return
     (call,) = done
     assert call.remote and call.uuid == K_A and call.job is None
     assert [s.uuid for s in call.sessions] == [K_B] and call.callee.app_id == "app1"
