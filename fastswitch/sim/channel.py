@@ -1,0 +1,737 @@
+"""Channels (legs) and their call flows: what events a leg fires, and when.
+
+A :class:`Leg` is one FreeSWITCH session. The A-leg is created by ``originate``
+(outbound, ``Call-Direction: outbound``); it sends a simulated INVITE through the
+SIP link, which creates the B-leg (inbound, context ``public``) on the simulated
+server that owns the destination address. The B-leg runs the dialplan
+(:func:`dialplan`); answers, early media, rejections and hangups travel back as
+SIP-like messages (``RING EARLY ANSWER REJECT BYE CANCEL BERT``), so two legs
+on different simulator processes behave like two legs on one.
+
+The per-leg event order follows the captures (b, d, k–n, o, q): see the README of
+the captures, "Client-driven call flows".
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from . import templates
+from .config import Q850, SIP_CAUSES
+
+if TYPE_CHECKING:
+    from .core import Core
+
+CALLSTATE_NUM = {
+    "DOWN": "0",
+    "DIALING": "1",
+    "RINGING": "2",
+    "EARLY": "3",
+    "ACTIVE": "4",
+    "HELD": "5",
+    "RING_WAIT": "6",
+    "HANGUP": "7",
+    "UNHELD": "8",
+}
+CAUSE_SIP = {
+    "USER_BUSY": 486,
+    "NO_ROUTE_DESTINATION": 404,
+    "UNALLOCATED_NUMBER": 404,
+    "NORMAL_CLEARING": 480,
+    "NO_ANSWER": 480,
+    "NO_USER_RESPONSE": 408,
+    "CALL_REJECTED": 603,
+    "NORMAL_TEMPORARY_FAILURE": 503,
+    "DESTINATION_OUT_OF_ORDER": 502,
+    "INVALID_NUMBER_FORMAT": 484,
+    "INCOMPATIBLE_DESTINATION": 488,
+    "MEDIA_TIMEOUT": 408,
+}
+MILESTONES = ("created", "answered", "progress", "pmedia", "hangup")
+DURATIONS = (
+    "duration billsec progresssec answersec waitsec progress_mediasec flow_billsec "
+    "mduration billmsec progressmsec answermsec waitmsec progress_mediamsec flow_billmsec "
+    "uduration billusec progressusec answerusec waitusec progress_mediausec flow_billusec"
+).split()
+# apps that keep running until the channel hangs up (or are interrupted)
+STAYING_APPS = frozenset({"park", "bert_test", "echo", "endless_playback", "conference"})
+
+
+class Job:
+    """A running originate: completes once (answer, early media, or failure)."""
+
+    __slots__ = ("uuid", "cmd", "arg", "on_done", "done")
+
+    def __init__(self, uuid: str, cmd: str, arg: str, on_done: Callable[[str], None]) -> None:
+        self.uuid = uuid
+        self.cmd = cmd
+        self.arg = arg
+        self.on_done = on_done
+        self.done = False
+
+    def finish(self, result: str) -> None:
+        if not self.done:
+            self.done = True
+            self.on_done(result)
+
+
+class Leg:
+    """One channel: state, timestamps, variables, running apps, and its SIP dialog."""
+
+    def __init__(
+        self,
+        core: Core,
+        uuid: str,
+        role: str,
+        dest: str,
+        chan_name: str,
+        requri: str,
+        block: list[tuple[str, str]],
+        context: str,
+    ) -> None:
+        self.core = core
+        self.uuid = uuid
+        self.role = role  # "A" outbound, "B" inbound
+        self.direction = "outbound" if role == "A" else "inbound"
+        self.dest = dest
+        self.chan_name = chan_name
+        self.context = context
+        self.block = list(block)  # VARS (A) / XHDRS (B) pairs
+        self.chanvars: dict[str, str] = dict(block)
+        self.cs = "CS_NEW"
+        self.callstate = "DOWN"
+        self.answer = "ringing"
+        self.t = dict.fromkeys(MILESTONES, 0)
+        self.t["created"] = core.now_us
+        self.apps: list[tuple[str, str, str]] = []
+        self.cause = ""
+        self.hungup = False
+        self.destroyed = False
+        self.job: Job | None = None
+        self.app_after_answer: tuple[str, str] | None = None
+        self.peer: Any = None  # SIP channel to the other side (see siplink)
+        self.call_id = ""
+        self.timers: list[Any] = []
+        self.bert_running = False
+        self.bert_peer = False
+        self.bert_synced = False
+        self.bert_sync_scheduled = False
+        self.bert_lost_count = 0
+        self.created_wall = core.loop.time()
+        self._blocks: dict[tuple[str, str, str], bytes] = {}
+        core.session_counter += 1
+        self.values: dict[str, str] = {
+            "core": core.core_uuid,
+            "host": core.cfg.hostname,
+            "uuid": uuid,
+            "chan_name": chan_name,
+            "dest": dest,
+            "requri": requri,
+            "session_id": str(core.session_counter),
+            "call_id": "",
+            "cs": "CS_NEW",
+            "callstate": "DOWN",
+            "prev_callstate": "DOWN",
+            "callstate_num": "0",
+            "answer": "ringing",
+            "cause": "",
+            "q850": "",
+            "disposition": "",
+            "term_status": "",
+            "proto_cause": "",
+            "app": "",
+            "app_data": "",
+            "app_uuid": "",
+            "last_app": "",
+            "last_arg": "",
+            "bert_lost": "false",
+            "bert_lost_count": "0",
+        }
+        for m in MILESTONES:
+            self.values["t_" + m] = "0"
+            self.values["e_" + m] = "0"
+            self.values["s_" + m] = ""
+        self.values["t_created"] = str(self.t["created"])
+        self.values["e_created"] = str(self.t["created"] // 1_000_000)
+        self.values["s_created"] = core.stamp(self.t["created"])
+        for d in DURATIONS:
+            self.values["d_" + d] = "0"
+        core.legs[uuid] = self
+
+    # -- rendering -----------------------------------------------------------------------
+    def blocks(self, fmt: str, name: str, pos: str) -> bytes:
+        k = (fmt, name, pos)
+        b = self._blocks.get(k)
+        if b is None:
+            want = "VARS" if self.role == "A" else "XHDRS"
+            pairs = self.block if name == want else []
+            b = self._blocks[k] = templates.encode_block(fmt, pairs, pos)
+        return b
+
+    def fire(self, name: str, body: str | None = None) -> None:
+        """Fire one channel event for this leg in its current state."""
+        app = self.values["app"] if name.startswith("CHANNEL_EXECUTE") else ""
+        ans = "1" if self.t["answered"] else "0"
+        if name.startswith("CUSTOM::"):
+            key = f"{self.role}|{name}|{self.cs}|{self.callstate}|{self.answer}|||{ans}"
+        else:
+            key = f"{self.role}|{name}|{self.cs}|{self.callstate}|{self.answer}|{app}|{self.cause}|{ans}"
+        blockname = "VARS" if self.role == "A" else "XHDRS"
+        self.core.emit(
+            key,
+            name,
+            self.values,
+            self.blocks,
+            {blockname: self.block},
+            body,
+        )
+
+    def set_state(self, cs: str, fire: bool = True) -> None:
+        self.cs = cs
+        self.values["cs"] = cs
+        if fire:
+            self.fire("CHANNEL_STATE")
+
+    def set_callstate(self, callstate: str) -> None:
+        self.values["prev_callstate"] = self.callstate
+        self.callstate = callstate
+        self.values["callstate"] = callstate
+        self.values["callstate_num"] = CALLSTATE_NUM[callstate]
+        self.fire("CHANNEL_CALLSTATE")
+
+    def set_answer(self, state: str) -> None:
+        self.answer = state
+        self.values["answer"] = state
+
+    def mark(self, milestone: str) -> None:
+        if self.t[milestone]:
+            return
+        us = self.core.now_us
+        self.t[milestone] = us
+        v = self.values
+        v["t_" + milestone] = str(us)
+        v["e_" + milestone] = str(us // 1_000_000)
+        v["s_" + milestone] = self.core.stamp(us)
+
+    def setvar(self, name: str, value: str | None) -> None:
+        if value is None or value == "":
+            self.chanvars.pop(name, None)
+            self.block = [(k, v) for k, v in self.block if k != name]
+        else:
+            self.chanvars[name] = value
+            self.block = [(k, v) for k, v in self.block if k != name] + [(name, value)]
+        self._blocks.clear()
+
+    def getvar(self, name: str) -> str | None:
+        v = self.chanvars.get(name)
+        if v is not None:
+            return v
+        builtin = {
+            "uuid": self.uuid,
+            "call_uuid": self.uuid,
+            "direction": self.direction,
+            "channel_name": self.chan_name,
+            "destination_number": self.dest,
+            "hangup_cause": self.cause or None,
+            "current_application": self.apps[-1][0] if self.apps else None,
+            "answer_state": self.answer,
+            "context": self.context,
+        }
+        return builtin.get(name)
+
+    # -- timers --------------------------------------------------------------------------
+    def later(self, delay: float, fn: Callable[..., Any], *args: Any) -> None:
+        if self.hungup:
+            return
+        h = self.core.loop.call_later(max(delay, 0.0), self._run_timer, fn, args)
+        self.timers.append(h)
+
+    def _run_timer(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        if not self.destroyed:
+            fn(*args)
+
+    # -- apps ----------------------------------------------------------------------------
+    def _set_app_values(self) -> None:
+        v = self.values
+        if self.apps:
+            name, data, auuid = self.apps[-1]
+            v["app"], v["app_data"], v["app_uuid"] = name, data, auuid
+        else:
+            v["app"] = v["app_data"] = v["app_uuid"] = ""
+
+    def execute(self, app: str, arg: str = "", then: Callable[[], None] | None = None) -> None:
+        """Run a dialplan application on this leg (CHANNEL_EXECUTE ... _COMPLETE)."""
+        if self.hungup:
+            return
+        app = app.strip()
+        arg = arg.strip()
+        if app not in APPS:
+            if then:
+                then()
+            return
+        self.apps.append((app, arg, self.core.new_uuid()))
+        self.values["last_app"] = app
+        self.values["last_arg"] = arg
+        self._set_app_values()
+        self.fire("CHANNEL_EXECUTE")
+        APPS[app](self, arg, then)
+
+    def complete(self, app: str, then: Callable[[], None] | None = None) -> None:
+        """An app finished: CHANNEL_EXECUTE_COMPLETE, then continue with ``then``."""
+        if self.hungup:
+            return
+        for i in range(len(self.apps) - 1, -1, -1):
+            if self.apps[i][0] == app:
+                entry = self.apps.pop(i)
+                break
+        else:
+            return
+        v = self.values
+        v["app"], v["app_data"], v["app_uuid"] = entry
+        self.fire("CHANNEL_EXECUTE_COMPLETE")
+        self._set_app_values()
+        if then:
+            then()
+
+    def run_steps(self, steps: list[tuple[str, str]]) -> None:
+        """Run dialplan steps in order; a staying app (park) ends the list."""
+        if not steps or self.hungup:
+            return
+        (app, arg), rest = steps[0], steps[1:]
+        if app == "delay":
+            self.later(float(arg), self.run_steps, rest)
+            return
+        self.execute(app, arg, (lambda: self.run_steps(rest)) if rest else None)
+
+    # -- media/answer (both roles) ---------------------------------------------------------
+    def ring_ready(self) -> None:
+        if self.hungup or self.answer != "ringing" or self.t["progress"]:
+            return
+        self.mark("progress")
+        self.fire("CHANNEL_PROGRESS")
+        if self.role == "B":
+            self.send("RING")
+
+    def pre_answer(self) -> None:
+        if self.hungup or self.answer in ("early", "answered"):
+            return
+        self.mark("pmedia")
+        self.set_answer("early")
+        self.fire("CHANNEL_PROGRESS_MEDIA")
+        self.set_callstate("EARLY")
+        if self.role == "B":
+            self.send("EARLY")
+
+    def answer_call(self) -> None:
+        """Answer (pre-answering first, as FreeSWITCH always does) and send the 200."""
+        if self.hungup or self.answer == "answered":
+            return
+        if self.role == "A":
+            return
+        if self.answer != "early":
+            self.mark("pmedia")
+            self.set_answer("early")
+            self.fire("CHANNEL_PROGRESS_MEDIA")
+            self.set_callstate("EARLY")
+        self.mark("answered")
+        self.set_answer("answered")
+        self.fire("CHANNEL_ANSWER")
+        self.set_callstate("ACTIVE")
+        self.send("ANSWER")
+
+    # -- SIP -----------------------------------------------------------------------------
+    def send(self, kind: str, *args: Any) -> None:
+        if self.peer is not None:
+            self.peer.send("A" if self.role == "B" else "B", (kind, self.call_id, *args))
+
+    # -- A-leg reactions to the far end ----------------------------------------------------
+    def on_ring(self) -> None:
+        if self.hungup or self.answer != "ringing":
+            return
+        self.mark("progress")
+        self.fire("CHANNEL_PROGRESS")
+        self.set_callstate("RINGING")
+
+    def on_early(self) -> None:
+        if self.hungup or self.answer in ("early", "answered"):
+            return
+        self.mark("pmedia")
+        self.set_answer("early")
+        self.fire("CHANNEL_PROGRESS_MEDIA")
+        self.set_callstate("EARLY")
+        if (
+            self.job
+            and not self.job.done
+            and self.getvar("ignore_early_media") not in ("true", "consume", "ring_ready")
+        ):
+            self._originate_succeeded()
+
+    def on_answer(self) -> None:
+        if self.hungup or self.answer == "answered":
+            return
+        all_events = self.core.targets("CODEC")
+        if all_events:
+            self.fire("CODEC")
+            self.fire("CODEC")
+        self.mark("answered")
+        self.set_answer("answered")
+        self.fire("CHANNEL_ANSWER")
+        self.set_callstate("ACTIVE")
+        self.fire("CALL_UPDATE")
+        eoa = self.getvar("execute_on_answer")
+        if eoa:
+            app, _, arg = eoa.strip().partition(" ")
+            if app == "sched_hangup":
+                sched_hangup(self, arg)
+            else:
+                self.execute(app, arg)
+        if self.job and not self.job.done:
+            self._originate_succeeded()
+
+    def _originate_succeeded(self) -> None:
+        job = self.job
+        if job is None:
+            return
+        for h in self.timers:
+            h.cancel()
+        self.timers.clear()
+        job.finish(f"+OK {self.uuid}\n")
+        self.set_state("CS_EXECUTE")
+        if self.app_after_answer:
+            app, arg = self.app_after_answer
+            if app == "\x00dialplan":
+                self.run_steps(dialplan(arg, self.core))
+            else:
+                self.execute(app, arg)
+
+    # -- hangup --------------------------------------------------------------------------
+    def hangup(
+        self,
+        cause: str = "NORMAL_CLEARING",
+        disposition: str | None = None,
+        term_status: str = "",
+        notify: bool = True,
+    ) -> None:
+        """Hang up this leg: the captured order HANGUP, EXECUTE_COMPLETE(apps), STATE,
+        CALLSTATE(HANGUP), STATE, HANGUP_COMPLETE, [BACKGROUND_JOB], DESTROY, STATE."""
+        if self.hungup:
+            return
+        self.hungup = True
+        for h in self.timers:
+            h.cancel()
+        self.timers.clear()
+        answered = self.answer == "answered"
+        if disposition is None:
+            if answered:
+                disposition = "send_bye"
+            elif self.role == "A":
+                disposition = "send_cancel"
+            else:
+                disposition = "send_refuse"
+        core = self.core
+        self.cause = cause
+        v = self.values
+        v["cause"] = cause
+        v["q850"] = str(Q850.get(cause, 16))
+        v["disposition"] = disposition
+        if term_status:
+            v["term_status"] = term_status
+            v["proto_cause"] = f"sip:{term_status}"
+        elif disposition == "recv_bye":
+            v["term_status"] = "200"
+            v["proto_cause"] = "sip:200"
+        self.mark("hangup")
+        self._durations()
+        self.set_answer("hangup")
+        self.fire("CHANNEL_HANGUP")
+        if any(a[0] == "park" for a in self.apps) and core.targets("CHANNEL_UNPARK"):
+            self.fire("CHANNEL_UNPARK")
+        while self.apps:
+            v["app"], v["app_data"], v["app_uuid"] = self.apps.pop()
+            self.fire("CHANNEL_EXECUTE_COMPLETE")
+        self._set_app_values()
+        if notify and self.peer is not None:
+            if self.role == "A":
+                self.send("BYE" if answered else "CANCEL", cause)
+            elif disposition != "recv_cancel":
+                if answered:
+                    self.send("BYE", cause)
+                else:
+                    code = CAUSE_SIP.get(cause, 503) if not term_status else int(term_status)
+                    self.send("REJECT", code, cause)
+        self.set_state("CS_HANGUP")
+        self.set_callstate("HANGUP")
+        self.set_state("CS_REPORTING")
+        self.fire("CHANNEL_HANGUP_COMPLETE")
+        if self.job and not self.job.done:
+            self.job.finish(f"-ERR {cause}\n")
+        self.fire("CHANNEL_DESTROY")
+        self.set_state("CS_DESTROY")
+        self.destroy()
+
+    def destroy(self) -> None:
+        self.destroyed = True
+        self.core.legs.pop(self.uuid, None)
+        self.core.release_session()
+        if self.core.sip is not None:
+            self.core.sip.forget(self)
+
+    def _durations(self) -> None:
+        t = self.t
+        start, end = t["created"], t["hangup"]
+        ans, prog, pm = t["answered"], t["progress"], t["pmedia"]
+
+        def span(a: int, b: int) -> int:
+            return b - a if a and b else 0
+
+        u = {
+            "duration": span(start, end),
+            "bill": span(ans, end),
+            "progress": span(start, prog),
+            "answer": span(start, ans),
+            "wait": 0,
+            "progress_media": span(start, pm),
+            "flow_bill": span(start, end),
+        }
+        v = self.values
+        es, ee = start // 1_000_000, end // 1_000_000
+        v["d_duration"] = str(ee - es)
+        v["d_billsec"] = str(ee - ans // 1_000_000) if ans else "0"
+        v["d_progresssec"] = str(prog // 1_000_000 - es) if prog else "0"
+        v["d_answersec"] = str(ans // 1_000_000 - es) if ans else "0"
+        v["d_waitsec"] = "0"
+        v["d_progress_mediasec"] = str(pm // 1_000_000 - es) if pm else "0"
+        v["d_flow_billsec"] = str(ee - es)
+        v["d_mduration"] = str(u["duration"] // 1000)
+        v["d_uduration"] = str(u["duration"])
+        for k in ("bill", "progress", "answer", "wait", "progress_media", "flow_bill"):
+            v[f"d_{k}msec"] = str(u[k] // 1000)
+            v[f"d_{k}usec"] = str(u[k])
+
+
+# -- applications ------------------------------------------------------------------------
+def _app_park(leg: Leg, arg: str, then: Callable[[], None] | None) -> None:
+    leg.fire("CHANNEL_PARK")
+
+
+def _app_answer(leg: Leg, arg: str, then: Callable[[], None] | None) -> None:
+    if leg.role == "B":
+        if leg.core.targets("CODEC"):
+            leg.fire("CODEC")
+            leg.fire("CODEC")
+        leg.answer_call()
+    leg.complete("answer", then)
+
+
+def _app_pre_answer(leg: Leg, arg: str, then: Callable[[], None] | None) -> None:
+    leg.pre_answer()
+    leg.complete("pre_answer", then)
+
+
+def _app_ring_ready(leg: Leg, arg: str, then: Callable[[], None] | None) -> None:
+    leg.ring_ready()
+    leg.complete("ring_ready", then)
+
+
+def _app_respond(leg: Leg, arg: str, then: Callable[[], None] | None) -> None:
+    m = re.match(r"\s*(\d{3})", arg)
+    code = int(m.group(1)) if m else 0
+    if code in (180,):
+        leg.ring_ready()
+    elif code == 183:
+        leg.pre_answer()
+    elif 200 <= code < 300:
+        leg.answer_call()
+    elif code >= 300:
+        if leg.answer == "answered":
+            leg.complete("respond", then)
+            return
+        cause = SIP_CAUSES.get(code, "NORMAL_TEMPORARY_FAILURE")
+        leg.hangup(cause, "send_refuse", term_status=str(code))
+        return
+    leg.complete("respond", then)
+
+
+def _app_hangup(leg: Leg, arg: str, then: Callable[[], None] | None) -> None:
+    cause = arg.strip().upper() or "NORMAL_CLEARING"
+    leg.hangup(cause)
+
+
+def _app_set(leg: Leg, arg: str, then: Callable[[], None] | None) -> None:
+    name, _, value = arg.partition("=")
+    if name:
+        leg.setvar(name.strip(), value)
+    leg.complete(leg.apps[-1][0], then)
+
+
+def _sleep_ms(arg: str) -> float:
+    try:
+        return max(int(arg.strip() or 0), 0) / 1000.0
+    except ValueError:
+        return 0.0
+
+
+def _app_sleep(leg: Leg, arg: str, then: Callable[[], None] | None) -> None:
+    leg.later(_sleep_ms(arg), leg.complete, "sleep", then)
+
+
+def playback_seconds(path: str) -> float:
+    """How long a playback lasts in the simulation (tone_stream: its first segment)."""
+    m = re.search(r"%\(([\d]+)\s*,\s*([\d]+)", path)
+    if path.startswith("tone_stream://") and m:
+        if "loops=-1" in path:
+            return -1.0
+        return (int(m.group(1)) + int(m.group(2))) / 1000.0
+    m = re.match(r"silence_stream://(\d+)", path)
+    if m:
+        return int(m.group(1)) / 1000.0 if int(m.group(1)) > 0 else -1.0
+    return 0.5
+
+
+def _app_playback(leg: Leg, arg: str, then: Callable[[], None] | None) -> None:
+    secs = playback_seconds(arg)
+    if secs >= 0:
+        leg.later(secs, leg.complete, "playback", then)
+
+
+def _app_stay(leg: Leg, arg: str, then: Callable[[], None] | None) -> None:
+    return None
+
+
+def _app_sched_hangup(leg: Leg, arg: str, then: Callable[[], None] | None) -> None:
+    sched_hangup(leg, arg)
+    leg.complete("sched_hangup", then)
+
+
+def _app_bert(leg: Leg, arg: str, then: Callable[[], None] | None) -> None:
+    if leg.role == "B" and leg.answer != "answered":
+        leg.answer_call()
+    leg.bert_running = True
+    leg.send("BERT")
+    timeout_ms = _int(leg.getvar("bert_timeout_ms"), 10000)
+    leg.later(timeout_ms / 1000.0, bert_timeout, leg)
+    if leg.bert_peer:
+        bert_start_sync(leg)
+
+
+def _int(v: str | None, default: int) -> int:
+    try:
+        return int(v) if v is not None else default
+    except ValueError:
+        return default
+
+
+def bert_start_sync(leg: Leg) -> None:
+    """Both ends run bert_test: in_sync after the sync window (B-leg's first)."""
+    if leg.bert_sync_scheduled:
+        return
+    leg.bert_sync_scheduled = True
+    delay = leg.core.cfg.bert_sync_delay + (0.0 if leg.role == "B" else 0.0005)
+    leg.later(delay, bert_in_sync, leg)
+
+
+def bert_in_sync(leg: Leg) -> None:
+    if leg.hungup or not leg.bert_running:
+        return
+    leg.bert_synced = True
+    leg.fire("CUSTOM::mod_bert::in_sync")
+    p = leg.core.cfg.bert_lost_sync_prob
+    if p > 0 and leg.core.rng.random() < p:
+        window = _int(leg.getvar("bert_window_ms"), 1000) / 1000.0
+        leg.later(window, bert_lost_sync, leg)
+
+
+def bert_lost_sync(leg: Leg) -> None:
+    if leg.hungup or not leg.bert_running:
+        return
+    leg.bert_lost_count += 1
+    leg.values["bert_lost"] = "true"
+    leg.values["bert_lost_count"] = str(leg.bert_lost_count)
+    leg.values["sync_lost_percent"] = "100.00"
+    leg.values["sync_lost_count"] = str(leg.bert_lost_count)
+    leg.fire("CUSTOM::mod_bert::lost_sync")
+    if leg.getvar("bert_hangup_on_error") in ("yes", "true", "1"):
+        leg.hangup("MEDIA_TIMEOUT")
+
+
+def bert_timeout(leg: Leg) -> None:
+    if leg.hungup or not leg.bert_running or leg.bert_synced:
+        return
+    leg.fire("CUSTOM::mod_bert::timeout")
+    if leg.getvar("bert_hangup_on_error") in ("yes", "true", "1"):
+        leg.hangup("MEDIA_TIMEOUT")
+
+
+def sched_hangup(leg: Leg, arg: str) -> bool:
+    """``sched_hangup +N [cause]``: hang up at the next whole second N seconds on
+    (the scheduler runs once a second), cause ALLOTTED_TIMEOUT by default."""
+    import time as _time
+
+    parts = arg.split()
+    if not parts:
+        return False
+    when = parts[0]
+    cause = parts[1].upper() if len(parts) > 1 else "ALLOTTED_TIMEOUT"
+    try:
+        if when.startswith("+"):
+            target = int(_time.time()) + int(when[1:])
+        else:
+            target = int(when)
+    except ValueError:
+        return False
+    delay = target - _time.time()
+    if delay <= 0:
+        leg.core.loop.call_soon(leg.hangup, cause)
+    else:
+        leg.core.loop.call_later(delay, _sched_fire, leg, cause)
+    return True
+
+
+def _sched_fire(leg: Leg, cause: str) -> None:
+    if not leg.hungup:
+        leg.hangup(cause)
+
+
+APPS: dict[str, Callable[[Leg, str, Callable[[], None] | None], None]] = {
+    "park": _app_park,
+    "answer": _app_answer,
+    "pre_answer": _app_pre_answer,
+    "ring_ready": _app_ring_ready,
+    "respond": _app_respond,
+    "hangup": _app_hangup,
+    "set": _app_set,
+    "export": _app_set,
+    "sleep": _app_sleep,
+    "playback": _app_playback,
+    "endless_playback": _app_stay,
+    "echo": _app_stay,
+    "bert_test": _app_bert,
+    "sched_hangup": _app_sched_hangup,
+}
+
+
+def dialplan(dest: str, core: Core) -> list[tuple[str, str]]:
+    """The public-context dialplan of the captures' FreeSWITCH (plus switchio's park-all).
+
+    ``doggy``/``park*`` answer+park, ``ctl*``/``control*`` park only (unanswered),
+    ``bert`` answer+bert_test, ``tone`` answer+tone playback, ``busy`` respond 486,
+    ``nosuch*``/``404*`` hangup NO_ROUTE_DESTINATION, anything else park unanswered.
+    ``answer_delay`` makes the answering extensions ring (180) first.
+    """
+    delay = core.cfg.answer_delay
+    ring: list[tuple[str, str]] = [("ring_ready", ""), ("delay", str(delay))] if delay > 0 else []
+    if dest == "doggy" or dest.startswith("park"):
+        return ring + [("answer", ""), ("park", "")]
+    if dest.startswith("ctl") or dest.startswith("control"):
+        return [("park", "")]
+    if dest == "bert":
+        return ring + [("answer", ""), ("bert_test", "")]
+    if dest == "tone":
+        return ring + [("answer", ""), ("playback", "tone_stream://%(251,0,1004);loops=-1")]
+    if dest == "busy":
+        return [("respond", "486")]
+    if dest.startswith("nosuch") or dest.startswith("404"):
+        return [("hangup", "NO_ROUTE_DESTINATION")]
+    return [("park", "")]

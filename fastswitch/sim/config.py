@@ -1,0 +1,189 @@
+"""SimConfig: the settings of one simulated FreeSWITCH server.
+
+Every setting can be given to the constructor, on the command line
+(``--answer-delay 0.5``) and changed at run time over ESL with
+``api sim <setting> <value>``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+# SIP response code -> FreeSWITCH hangup cause seen by the originating leg.
+# 480/404 follow the captures (FS's own 480 carries Q.850 16, a bare 404 maps to
+# UNALLOCATED_NUMBER, a 404 with a Q.850 Reason header to NO_ROUTE_DESTINATION).
+SIP_CAUSES: dict[int, str] = {
+    400: "NORMAL_TEMPORARY_FAILURE",
+    401: "CALL_REJECTED",
+    402: "CALL_REJECTED",
+    403: "CALL_REJECTED",
+    404: "UNALLOCATED_NUMBER",
+    405: "SERVICE_UNAVAILABLE",
+    406: "SERVICE_NOT_IMPLEMENTED",
+    407: "CALL_REJECTED",
+    408: "RECOVERY_ON_TIMER_EXPIRE",
+    410: "NUMBER_CHANGED",
+    413: "INTERWORKING",
+    414: "INTERWORKING",
+    415: "SERVICE_NOT_IMPLEMENTED",
+    416: "INTERWORKING",
+    420: "INTERWORKING",
+    421: "INTERWORKING",
+    423: "INTERWORKING",
+    480: "NORMAL_CLEARING",
+    481: "NORMAL_TEMPORARY_FAILURE",
+    482: "EXCHANGE_ROUTING_ERROR",
+    483: "EXCHANGE_ROUTING_ERROR",
+    484: "INVALID_NUMBER_FORMAT",
+    485: "NO_ROUTE_DESTINATION",
+    486: "USER_BUSY",
+    487: "ORIGINATOR_CANCEL",
+    488: "INCOMPATIBLE_DESTINATION",
+    500: "NORMAL_TEMPORARY_FAILURE",
+    501: "SERVICE_NOT_IMPLEMENTED",
+    502: "NETWORK_OUT_OF_ORDER",
+    503: "NORMAL_TEMPORARY_FAILURE",
+    504: "RECOVERY_ON_TIMER_EXPIRE",
+    505: "INTERWORKING",
+    513: "INTERWORKING",
+    600: "USER_BUSY",
+    603: "CALL_REJECTED",
+    604: "NO_ROUTE_DESTINATION",
+    606: "INCOMPATIBLE_DESTINATION",
+}
+# Q.850 numbers of the causes the simulator produces.
+Q850: dict[str, int] = {
+    "UNALLOCATED_NUMBER": 1,
+    "NO_ROUTE_DESTINATION": 3,
+    "NORMAL_CLEARING": 16,
+    "USER_BUSY": 17,
+    "NO_USER_RESPONSE": 18,
+    "NO_ANSWER": 19,
+    "CALL_REJECTED": 21,
+    "NUMBER_CHANGED": 22,
+    "DESTINATION_OUT_OF_ORDER": 27,
+    "INVALID_NUMBER_FORMAT": 28,
+    "NORMAL_TEMPORARY_FAILURE": 41,
+    "SERVICE_UNAVAILABLE": 63,
+    "CHAN_NOT_IMPLEMENTED": 66,
+    "SERVICE_NOT_IMPLEMENTED": 79,
+    "INCOMPATIBLE_DESTINATION": 88,
+    "RECOVERY_ON_TIMER_EXPIRE": 102,
+    "INTERWORKING": 127,
+    "NETWORK_OUT_OF_ORDER": 38,
+    "EXCHANGE_ROUTING_ERROR": 25,
+    "ORIGINATOR_CANCEL": 487,
+    "ALLOTTED_TIMEOUT": 602,
+    "MEDIA_TIMEOUT": 604,
+    "MANAGER_REQUEST": 503,
+}
+
+
+def reject_cause(code: int | str) -> tuple[int, str]:
+    """(SIP status, hangup cause) for a reject_mix key.
+
+    Keys: an int SIP code (``404``), ``"404q"`` (404 carrying a Q.850 Reason, i.e.
+    NO_ROUTE_DESTINATION), ``"503"``, or ``"noanswer"`` (ring until
+    originate_timeout: status 0, cause NO_ANSWER).
+    """
+    s = str(code).strip().lower()
+    if s in ("noanswer", "no_answer", "timeout"):
+        return 0, "NO_ANSWER"
+    if s.endswith("q"):
+        return int(s[:-1]), "NO_ROUTE_DESTINATION" if s[:-1] == "404" else SIP_CAUSES.get(
+            int(s[:-1]), "NORMAL_TEMPORARY_FAILURE"
+        )
+    c = int(s)
+    return c, SIP_CAUSES.get(c, "NORMAL_TEMPORARY_FAILURE")
+
+
+@dataclass
+class SimConfig:
+    """Settings of one simulated FreeSWITCH (see module doc)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8021
+    password: str = "ClueCon"
+    sip_port: int | None = None  # default: port - 8021 + 5080
+    sip_host: str | None = None  # default: host
+    hostname: str = field(default_factory=socket.gethostname)
+    answer_delay: float = 0.0  # seconds the dialplan's answering extensions ring first (180)
+    post_dial_delay: float = 0.0  # seconds between the INVITE leaving and the B-leg arriving
+    reject_mix: dict[Any, float] = field(default_factory=dict)  # {sip code: probability}
+    sps: int = 1000
+    max_sessions: int = 4000
+    bert_lost_sync_prob: float = 0.0
+    bert_sync_delay: float = 1.0
+    seed: int | None = None
+    # "host:port" -> "host:port" of another simulator's SIP listener, or "unreachable"
+    routes: dict[str, str] = field(default_factory=dict)
+    event_queue_limit: int = 100_000
+    max_missed: int = 500
+    heartbeat_interval: float = 20.0
+    auth_timeout: float = 25.0
+    # fault injection (one-shot faults are triggered with `api sim fault <name> [arg]`)
+    fault_drop_after: float = 0.0  # >0: drop every ESL connection this many seconds after start
+    fault_stall_after: float = 0.0  # >0: stall event delivery fault_stall_for seconds then
+    fault_stall_for: float = 0.0
+    rude_rejection: bool = False  # reject every connection with text/rude-rejection
+
+    def __post_init__(self) -> None:
+        if self.sip_port is None:
+            self.sip_port = self.port - 8021 + 5080 if self.port else 0
+        if self.sip_host is None:
+            self.sip_host = self.host
+        self.reject_mix = {k: float(v) for k, v in dict(self.reject_mix).items()}
+        self.routes = dict(self.routes)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (self.host, self.port)
+
+    @property
+    def sip_address(self) -> tuple[str, int]:
+        return (str(self.sip_host), int(self.sip_port or 0))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def set(self, name: str, value: str) -> Any:
+        """Set one setting from its text form (``api sim <name> <value>``); returns the new value."""
+        name = name.replace("-", "_")
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        if name not in fields:
+            raise KeyError(name)
+        cur = getattr(self, name)
+        if isinstance(cur, bool):
+            new: Any = value.lower() in ("1", "true", "yes", "on")
+        elif isinstance(cur, int) and not isinstance(cur, bool) and name != "seed":
+            new = int(value)
+        elif isinstance(cur, float):
+            new = float(value)
+        elif isinstance(cur, dict):
+            new = parse_mapping(value)
+            if name == "reject_mix":
+                new = {k: float(v) for k, v in new.items()}
+        elif name in ("seed", "sip_port"):
+            new = None if value in ("", "none", "None") else int(value)
+        else:
+            new = value
+        setattr(self, name, new)
+        return new
+
+
+def parse_mapping(text: str) -> dict[str, Any]:
+    """``'486=0.1,503=0.05'`` or a JSON object -> dict."""
+    text = text.strip()
+    if not text:
+        return {}
+    if text.startswith("{"):
+        return dict(json.loads(text))
+    out: dict[str, Any] = {}
+    for part in text.split(","):
+        k, _, v = part.partition("=")
+        out[k.strip()] = v.strip()
+    return out

@@ -1,0 +1,282 @@
+"""The simulated switch core: clock, event sequence, session limits and the event bus.
+
+One :class:`Core` per simulated FreeSWITCH process. It owns the channels (legs),
+the ESL listeners that receive events, the cached 20 ms clock
+(``Event-Date-Timestamp`` moves in 20 ms steps, as in the captures) and the
+``sessions-per-second`` / ``max-sessions`` limits, with FreeSWITCH's arithmetic
+(``--tokens <= 0`` refuses, so ``sps - 1`` sessions pass per 1-second window;
+``count + 1 > max`` refuses).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid as uuidlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from . import templates
+from .config import SimConfig
+
+if TYPE_CHECKING:
+    from .channel import Leg
+
+HEAD = {
+    fmt: b"Content-Length: %d\nContent-Type: text/event-" + fmt.encode() + b"\n\n"
+    for fmt in templates.FORMATS
+}
+BlockFn = Callable[[str, str, str], bytes]
+
+# Every event name FreeSWITCH knows (switch_event.c EVENT_NAMES); `event` ignores others.
+EVENT_NAMES = frozenset(
+    """CUSTOM CLONE CHANNEL_CREATE CHANNEL_DESTROY CHANNEL_STATE CHANNEL_CALLSTATE
+    CHANNEL_ANSWER CHANNEL_HANGUP CHANNEL_HANGUP_COMPLETE CHANNEL_EXECUTE
+    CHANNEL_EXECUTE_COMPLETE CHANNEL_HOLD CHANNEL_UNHOLD CHANNEL_BRIDGE CHANNEL_UNBRIDGE
+    CHANNEL_PROGRESS CHANNEL_PROGRESS_MEDIA CHANNEL_OUTGOING CHANNEL_PARK CHANNEL_UNPARK
+    CHANNEL_APPLICATION CHANNEL_ORIGINATE CHANNEL_UUID API LOG INBOUND_CHAN OUTBOUND_CHAN
+    STARTUP SHUTDOWN PUBLISH UNPUBLISH TALK NOTALK SESSION_CRASH MODULE_LOAD MODULE_UNLOAD
+    DTMF MESSAGE PRESENCE_IN NOTIFY_IN PRESENCE_OUT PRESENCE_PROBE MESSAGE_WAITING
+    MESSAGE_QUERY ROSTER CODEC BACKGROUND_JOB DETECTED_SPEECH DETECTED_TONE PRIVATE_COMMAND
+    HEARTBEAT TRAP ADD_SCHEDULE DEL_SCHEDULE EXE_SCHEDULE RE_SCHEDULE RELOADXML NOTIFY
+    PHONE_FEATURE PHONE_FEATURE_SUBSCRIBE SEND_MESSAGE RECV_MESSAGE REQUEST_PARAMS
+    CHANNEL_DATA GENERAL COMMAND SESSION_HEARTBEAT CLIENT_DISCONNECTED SERVER_DISCONNECTED
+    SEND_INFO RECV_INFO RECV_RTCP_MESSAGE SEND_RTCP_MESSAGE CALL_SECURE NAT RECORD_START
+    RECORD_STOP PLAYBACK_START PLAYBACK_STOP CALL_UPDATE FAILURE SOCKET_DATA MEDIA_BUG_START
+    MEDIA_BUG_STOP CONFERENCE_DATA_QUERY CONFERENCE_DATA CALL_SETUP_REQ CALL_SETUP_RESULT
+    CALL_DETAIL DEVICE_STATE TEXT SHUTDOWN_REQUESTED""".split()
+)
+
+
+class EventSink(Protocol):
+    """What the core needs from an ESL listener."""
+
+    fmt: str
+
+    def wants(self, name: str) -> bool: ...
+    def passes(self, headers: dict[str, str]) -> bool: ...
+    def needs_headers(self) -> bool: ...
+    def deliver(self, frame: bytes) -> None: ...
+
+
+def event_headers(
+    tpl: templates.Template, values: dict[str, str], blocks: dict[str, list[tuple[str, str]]]
+) -> dict[str, str]:
+    """The decoded header values of an event, by lower-cased name (to evaluate filters)."""
+    out: dict[str, str] = {}
+    for k, v in tpl.headers:
+        if k.startswith("\x01"):
+            for n, bv in blocks.get(k[1:-1], ()):
+                out.setdefault("variable_" + n.lower(), bv)
+            continue
+        if "\x01" in v:
+            parts = v.split("\x01")
+            v = "".join(values.get(p, "") if i % 2 else p for i, p in enumerate(parts))
+        out.setdefault(k.lower(), v)
+    return out
+
+
+class Core:
+    """State of one simulated switch (runs inside its server process's event loop)."""
+
+    def __init__(self, cfg: SimConfig, loop: asyncio.AbstractEventLoop) -> None:
+        self.cfg = cfg
+        self.loop = loop
+        self.store = templates.load()
+        self.rng = random.Random(cfg.seed)
+        self.core_uuid = str(uuidlib.UUID(int=self.rng.getrandbits(128), version=4))
+        self.seq = 0
+        self.start_time = time.time()
+        self._offset_us = self.rng.randrange(20000)
+        self._sec = -1
+        self.now_us = 0
+        self.time_values: dict[str, str] = {}
+        self.legs: dict[str, Leg] = {}
+        self.listeners: list[EventSink] = []
+        self.connections: set[Any] = set()
+        self._wanted: dict[str, list[EventSink]] = {}
+        self.globals: dict[str, str] = {
+            "hostname": cfg.hostname,
+            "local_ip_v4": "127.0.0.1",
+            "local_ip_v6": "::1",
+            "switch_serial": "simulated",
+            "core_uuid": self.core_uuid,
+        }
+        # limits and statistics
+        self.sps_tokens = cfg.sps
+        self.session_count = 0
+        self.sessions_since_startup = 0
+        self.sessions_this_second = 0
+        self.sps_last = 0
+        self.sps_peak = 0
+        self.session_peak = 0
+        self.stall_until = 0.0
+        self.sip: Any = None  # siplink.SipLink, set by the server
+        self.session_counter = 1
+        self._timers: list[asyncio.TimerHandle] = []
+        self.tick()
+        self._refill_handle = loop.call_later(1.0, self._refill)
+        if cfg.heartbeat_interval > 0:
+            loop.call_later(cfg.heartbeat_interval, self._heartbeat)
+
+    # -- clock -------------------------------------------------------------------------
+    def tick(self) -> None:
+        """Advance the cached clock (every 20 ms, as FreeSWITCH's timer thread does)."""
+        t = time.time()
+        off = self._offset_us
+        us = int((t * 1_000_000 - off) // 20000) * 20000 + off
+        if us > self.now_us:
+            self.now_us = us
+        sec = self.now_us // 1_000_000
+        tv = self.time_values
+        tv["ts"] = str(self.now_us)
+        if sec != self._sec:
+            self._sec = sec
+            tv["dlocal"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(sec))
+            tv["dgmt"] = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(sec))
+        self.loop.call_later(0.02, self.tick)
+
+    def stamp(self, us: int) -> str:
+        """Local time text of a µs timestamp (``variable_*_stamp``)."""
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(us // 1_000_000))
+
+    # -- sessions ------------------------------------------------------------------------
+    def take_session(self) -> bool:
+        """Account one new session; False when sps or max_sessions refuse it."""
+        if self.session_count + 1 > self.cfg.max_sessions:
+            return False
+        self.sps_tokens -= 1
+        if self.sps_tokens <= 0:
+            return False
+        self.session_count += 1
+        self.sessions_since_startup += 1
+        self.sessions_this_second += 1
+        if self.session_count > self.session_peak:
+            self.session_peak = self.session_count
+        return True
+
+    def release_session(self) -> None:
+        self.session_count -= 1
+
+    def _refill(self) -> None:
+        self.sps_tokens = self.cfg.sps
+        self.sps_last = self.sessions_this_second
+        self.sps_peak = max(self.sps_peak, self.sps_last)
+        self.sessions_this_second = 0
+        self._refill_handle = self.loop.call_later(1.0, self._refill)
+
+    def new_uuid(self) -> str:
+        return str(uuidlib.uuid4())
+
+    # -- event bus -----------------------------------------------------------------------
+    def add_listener(self, listener: EventSink) -> None:
+        if listener not in self.listeners:
+            self.listeners.append(listener)
+        self.subscriptions_changed()
+
+    def remove_listener(self, listener: EventSink) -> None:
+        if listener in self.listeners:
+            self.listeners.remove(listener)
+        self.subscriptions_changed()
+
+    def subscriptions_changed(self) -> None:
+        self._wanted.clear()
+
+    def targets(self, name: str) -> list[EventSink]:
+        t = self._wanted.get(name)
+        if t is None:
+            t = self._wanted[name] = [lst for lst in self.listeners if lst.wants(name)]
+        return t
+
+    def emit(
+        self,
+        key: str,
+        name: str,
+        values: dict[str, str],
+        blocks: BlockFn | None = None,
+        block_pairs: dict[str, list[tuple[str, str]]] | None = None,
+        body: str | None = None,
+    ) -> None:
+        """Create one event (takes a sequence number) and deliver it to subscribed listeners.
+
+        ``key`` selects the template (``role|name|cs|callstate|answer|app|cause|answered``),
+        ``name`` is the subscription name (``CUSTOM::<subclass>`` for CUSTOM events).
+        """
+        self.seq += 1
+        targets = self._wanted.get(name)
+        if targets is None:
+            targets = self.targets(name)
+        if not targets:
+            return
+        tpl = self.store.find(key)
+        if tpl is None:
+            return
+        values.update(self.time_values)
+        values["seq"] = str(self.seq)
+        rendered: dict[str, bytes] = {}
+        hdrs = None
+        bfn = blocks or _no_blocks
+        for lst in targets:
+            if lst.needs_headers():
+                if hdrs is None:
+                    hdrs = event_headers(tpl, values, block_pairs or {})
+                if not lst.passes(hdrs):
+                    continue
+            fr = rendered.get(lst.fmt)
+            if fr is None:
+                ev = tpl.render(lst.fmt, values, bfn, body)
+                fr = rendered[lst.fmt] = HEAD[lst.fmt] % len(ev) + ev
+            lst.deliver(fr)
+
+    def base_values(self) -> dict[str, str]:
+        v = {"core": self.core_uuid, "host": self.cfg.hostname}
+        v.update(self.time_values)
+        return v
+
+    def background_job(self, job_uuid: str, cmd: str, arg: str, result: str) -> None:
+        """Fire BACKGROUND_JOB with the command's output as body."""
+        values = self.base_values()
+        values.update(job_uuid=job_uuid, job_cmd=cmd, job_arg=arg)
+        key = "-|BACKGROUND_JOB||||||0" if arg else "-|BACKGROUND_JOB_NOARG||||||0"
+        self.emit(key, "BACKGROUND_JOB", values, body=result)
+
+    def api_event(self, cmd: str, arg: str) -> None:
+        """Fire the API event FreeSWITCH sends for every api/bgapi command."""
+        if not self.targets("API"):
+            self.seq += 1
+            return
+        values = self.base_values()
+        values.update(job_cmd=cmd, job_arg=arg)
+        self.emit("-|API||||||0" if arg else "-|API_NOARG||||||0", "API", values)
+
+    def _heartbeat(self) -> None:
+        up = time.time() - self.start_time
+        values = self.base_values()
+        values.update(
+            uptime=uptime_text(up),
+            uptime_msec=str(int(up * 1000)),
+            session_count=str(self.session_count),
+            max_sessions=str(self.cfg.max_sessions),
+            sps=str(max(self.sps_tokens, 0)),
+            sps_last=str(self.sps_last),
+            sps_max=str(self.sps_peak),
+            since_startup=str(self.sessions_since_startup),
+            peak=str(self.session_peak),
+        )
+        self.emit("-|HEARTBEAT||||||0", "HEARTBEAT", values)
+        self.loop.call_later(self.cfg.heartbeat_interval, self._heartbeat)
+
+
+def _no_blocks(fmt: str, name: str, pos: str) -> bytes:
+    return b""
+
+
+def uptime_text(up: float) -> str:
+    s = int(up)
+    ms = int((up - s) * 1000)
+    us = int((up - s) * 1_000_000) % 1000
+    return (
+        f"0 years, {s // 86400} days, {s // 3600 % 24} hours, {s // 60 % 60} minutes, "
+        f"{s % 60} seconds, {ms} milliseconds, {us} microseconds"
+    )
