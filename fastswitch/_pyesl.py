@@ -512,9 +512,15 @@ class Parser:
         return ESLProtocolError(msg, offset)
 
     def feed(self, data: bytes) -> list[Frame]:
-        """Add ``data``; return the frames it completes (possibly none)."""
+        """Add ``data``; return the frames it completes (possibly none).
+
+        Raises :class:`ESLProtocolError` on a framing error; its ``frames`` attribute holds
+        the frames this call completed before the bad one (they are valid).
+        """
         if self._err_msg is not None:
-            raise ESLProtocolError(self._err_msg, self._err_off)
+            e = ESLProtocolError(self._err_msg, self._err_off)
+            e.frames = []  # type: ignore[attr-defined]
+            raise e
         if not data:
             return []
         data = bytes(data)
@@ -533,6 +539,14 @@ class Parser:
         else:
             buf = data
         out: list[Frame] = []
+        try:
+            self._parse(buf, out)
+        except ESLProtocolError as e:
+            e.frames = out  # type: ignore[attr-defined]
+            raise
+        return out
+
+    def _parse(self, buf: bytes, out: list[Frame]) -> None:
         pos = 0
         n = len(buf)
         base = self._offset
@@ -593,7 +607,6 @@ class Parser:
         self._scan = scan - pos if scan else 0
         self._buf = buf[pos:] if pos < n else b""
         self._offset = base + pos
-        return out
 
     def __repr__(self) -> str:
         return f"<Parser offset={self._offset} buffered={self.buffered}>"

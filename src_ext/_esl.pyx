@@ -668,24 +668,23 @@ cdef class Parser:
         return self._offset
 
     cdef object _fail(self, str msg, Py_ssize_t offset):
+        # remember the error: every later feed raises it again until reset()
         self._err_msg = msg
         self._err_off = offset
         return ESLProtocolError(msg, offset)
 
     def feed(self, data):
-        """Add ``data``; return the frames it completes (possibly none)."""
+        """Add ``data``; return the frames it completes (possibly none).
+
+        Raises :class:`ESLProtocolError` on a framing error; its ``frames`` attribute holds
+        the frames this call completed before the bad one (they are valid).
+        """
         cdef bytes buf
-        cdef const char* p
-        cdef Py_ssize_t n, pos, base, maxf, scan, t, after, start, hlen, total, end
-        cdef Py_ssize_t ls, le, c, vs, ve, clen, ct_o, ct_l, rt_o, rt_l, ju_o, ju_l, k
-        cdef const char* q
         cdef list out = []
-        cdef Frame fr
-        cdef char ch
-        cdef str ct
-        cdef object big = None
         if self._err_msg is not None:
-            raise ESLProtocolError(self._err_msg, self._err_off)
+            e = ESLProtocolError(self._err_msg, self._err_off)
+            e.frames = []
+            raise e
         if not data:
             return out
         if type(data) is not bytes:
@@ -704,6 +703,22 @@ cdef class Parser:
             buf = self._buf + data
         else:
             buf = data
+        try:
+            self._parse(buf, out)
+        except ESLProtocolError as e:
+            e.frames = out
+            raise
+        return out
+
+    cdef int _parse(self, bytes buf, list out) except -1:
+        cdef const char* p
+        cdef Py_ssize_t n, pos, base, maxf, scan, t, after, start, hlen, total, end
+        cdef Py_ssize_t ls, le, c, vs, ve, clen, ct_o, ct_l, rt_o, rt_l, ju_o, ju_l, k
+        cdef const char* q
+        cdef Frame fr
+        cdef char ch
+        cdef str ct
+        cdef object big = None
         p = PyBytes_AS_STRING(buf)
         n = PyBytes_GET_SIZE(buf)
         pos = 0
@@ -833,7 +848,7 @@ cdef class Parser:
         self._scan = scan - pos if scan else 0
         self._buf = buf[pos:] if pos < n else b""
         self._offset = base + pos
-        return out
+        return 0
 
     def __repr__(self):
         return f"<Parser offset={self._offset} buffered={self.buffered}>"
