@@ -505,9 +505,10 @@ class Client:
             self._connected_ev.clear()
         if self._writable is not None:
             self._writable.set()
-        lost = self.listener.lose_all(str(cause))
         if self._closing:
+            self.listener.lose_all("client closed")
             return
+        lost = self.listener.lose_all(str(cause))
         log.warning("%s; lost track of %d calls (%d sessions, %d jobs)", cause, *lost)
         for hook in self.disconnect_hooks:
             try:

@@ -47,9 +47,11 @@ class CallTracker:
 
     Public state: ``sessions`` {uuid: Session}, ``calls`` {uuid: Call}, ``jobs``
     {job uuid: Job}; hooks ``call_complete_hooks`` (``f(call)``) and
-    ``job_failed_hooks`` (``f(job)``); counters ``active_calls``, ``active_sessions``,
-    ``originated_calls``, ``answered_calls``, ``failed_calls``, ``completed_calls``,
-    ``lost_calls``, ``hangup_causes`` {cause: n}, ``failed_jobs`` {cause: n}.
+    ``job_failed_hooks`` (``f(job)``); counters ``active_calls`` (tracked calls,
+    remote ones included), ``active_sessions``, ``originated_calls``, ``answered_calls``
+    and ``failed_calls`` (of the calls this client originated, so sums over workers
+    count each call once), ``completed_calls``, ``lost_calls``, ``remote_calls``,
+    ``hangup_causes`` {cause: n} (per leg), ``failed_jobs`` {cause: n}.
 
     ``dispatch(name, app_id, obj)`` (set by the client) is called for every event
     about a tracked session after the session was updated and before it may be
@@ -248,7 +250,8 @@ class CallTracker:
         call = sess.call
         if call is not None and not call.answered:
             call.answered = True
-            self.answered_calls += 1
+            if not call.remote:
+                self.answered_calls += 1
 
     def _on_hangup(self, sess: Session, ev: Event, now: float) -> None:
         if not sess.hungup:
@@ -378,7 +381,8 @@ class CallTracker:
             call.live = 0
             if not call.failed:
                 call.failed = True
-                self.failed_calls += 1
+                if not call.remote:
+                    self.failed_calls += 1
             self.lost_calls += 1
             self._complete(call)
         self.calls.clear()

@@ -15,6 +15,7 @@ import pytest
 
 from fastswitch.apps import AppRegistry, all_apps, event_callback, event_names_of, get_app, register
 from fastswitch.client import Client
+from fastswitch.esl import Parser
 
 sys.path.insert(0, str(Path(__file__).parent))
 from replay_server import ReplayServer  # noqa: E402
@@ -80,9 +81,24 @@ def assert_released(client):
     assert t.active_calls == 0 and t.active_sessions == 0
 
 
+def b_leg_first(srv: ReplayServer) -> None:
+    """Reorder the events after the originate so the B-leg's come before the A-leg's
+    (same bytes, same length: the replay offsets stay valid)."""
+    start, end = srv.offsets[2], srv.offsets[3]
+    frames = Parser().feed(srv.data[start:end])
+    a = [f.raw for f in frames if f.is_event and f.event.unique_id == K_A]
+    rest = [f.raw for f in frames if not (f.is_event and f.event.unique_id == K_A)]
+    assert len(a) == 2 and len(rest) == 5  # reply + 4 B-leg events
+    srv.data = srv.data[:start] + b"".join(rest + a) + srv.data[end:]
+
+
+@pytest.mark.parametrize("order", ["captured", "b_leg_first"])
 @run
-async def test_flow_k_uuid_answer(captures_dir):
-    async with ReplayServer(captures_dir / "k_ctl_answer") as srv:
+async def test_flow_k_uuid_answer(captures_dir, order):
+    srv = ReplayServer(captures_dir / "k_ctl_answer")
+    if order == "b_leg_first":
+        b_leg_first(srv)
+    async with srv:
         c = Client(port=srv.port, reconnect=False, uuid_func=feeder(K_A, K_JOB))
         app = AnswerThenHangup()
         app_id = c.load_app(app, "app1")
@@ -102,6 +118,7 @@ async def test_flow_k_uuid_answer(captures_dir):
     (call,) = done
     assert app_id == "app1" and call.app_id == "app1" and not call.remote and not call.failed
     assert call.caller.uuid == K_A and call.callee.uuid == K_B
+    assert call.first is (call.callee if order == "b_leg_first" else call.caller)
     assert [s.app_id for s in call.sessions] == ["app1", "app1"]
     assert app.seen[:2] == [("PARK", "inbound", K_B), ("ANSWER", "inbound", K_B)]
     assert ("PARK", "outbound", K_A) in app.seen

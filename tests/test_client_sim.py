@@ -312,3 +312,42 @@ async def test_malformed_bytes_from_a_live_server(sim_server):
     assert isinstance(c.last_error, ESLProtocolError)
     assert f"{c.host}:{c.port}" in str(c.last_error)
     assert not c.connected
+
+
+@run
+async def test_close_completes_calls_still_up_as_lost(sim_server):
+    c = client_for(sim_server)
+    c.load_app(JustPark, "app1")
+    done = []
+    c.listener.call_complete_hooks.append(done.append)
+    await c.connect()
+    c.set_orig_cmd(sip_dest(sim_server))
+    c.originate()
+    c.originate()
+    await until(lambda: c.listener.answered_calls == 2 and c.listener.active_sessions == 4)
+    await c.close()
+    assert len(done) == 2 and all(call.lost == "lost: client closed" for call in done)
+    assert c.listener.failed_calls == 2 and c.listener.lost_calls == 2
+    assert_released(c)
+
+
+def test_runs_on_uvloop(sim_server):
+    uvloop = pytest.importorskip("uvloop")
+
+    async def main():
+        assert isinstance(asyncio.get_running_loop(), uvloop.Loop)
+        c = client_for(sim_server)
+        c.load_app(HangupOnPark(), "app1")
+        done = []
+        c.listener.call_complete_hooks.append(done.append)
+        await c.connect()
+        c.set_orig_cmd(sip_dest(sim_server))
+        for _ in range(10):
+            c.originate()
+        await until(lambda: len(done) == 10)
+        assert all(call.callee is not None and not call.failed for call in done)
+        assert_released(c)
+        await c.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(asyncio.wait_for(main(), 30))
