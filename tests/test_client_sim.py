@@ -351,3 +351,35 @@ def test_runs_on_uvloop(sim_server):
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(asyncio.wait_for(main(), 30))
+
+
+class BertSync:
+    def __init__(self):
+        self.synced: list = []
+
+    @event_callback("mod_bert::in_sync")
+    def in_sync(self, sess):
+        self.synced.append(sess)
+        if sess.is_outbound():
+            sess.hangup()
+
+
+@pytest.mark.parametrize("sim_server", [{"bert_sync_delay": 0.05}], indirect=True)
+@run
+async def test_custom_subclass_callbacks(sim_server):
+    """CUSTOM mod_bert::in_sync events (no variable_* headers) reach the app that owns
+    the call, with the leg's Session."""
+    c = client_for(sim_server)
+    app = BertSync()
+    c.load_app(app, "bert1")
+    done = []
+    c.listener.call_complete_hooks.append(done.append)
+    await c.connect()
+    c.set_orig_cmd(sip_dest(sim_server, "bert"), app_name="bert_test")
+    c.originate()
+    await until(lambda: done)
+    (call,) = done
+    assert call.caller in app.synced
+    assert all(s.call is call and s.app_id == "bert1" for s in app.synced)
+    assert_released(c)
+    await c.close()
