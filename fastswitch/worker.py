@@ -136,11 +136,13 @@ class Worker:
             await self.client.close()
             return
         d[b + C.W_CONNECTED] = 1.0
+        # the first counters row warms pyarrow up (its first conversion takes a while):
+        # done before reporting ready, so the loop is responsive once the parent goes on
+        self._per_second()
+        self._heartbeat()
         self.conn.send(("ok", {"pid": os.getpid(), "host": self.host, "port": self.port}))
         loop.add_reader(self.conn.fileno(), self._on_pipe)
-        self._heartbeat()
         self._tick()
-        self._per_second()
         try:
             await self.done
         finally:

@@ -1,0 +1,327 @@
+"""The Originator engine against simulated slaves: rate, limit, max_sessions, hold time,
+app weights, calls routed between slaves, a worker killed mid-run, rejected calls,
+connection errors and shared-memory clean-up."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import socket
+import time
+
+import numpy as np
+import pytest
+
+from fastswitch import AuthenticationError, ConnectError, get_originator
+from fastswitch.apps import event_callback
+from fastswitch.apps.park import Park
+from fastswitch.sim import SimConfig, SimServer
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float, period: float = 0.05) -> bool:
+    """Poll ``predicate`` until true (True) or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(period)
+    return True
+
+
+def shm_exists(name: str) -> bool:
+    return os.path.exists("/dev/shm/" + name.lstrip("/"))
+
+
+@pytest.fixture(scope="module")
+def slaves():
+    """Three simulated slaves; each test sets what it needs over ESL (``api sim ...``)."""
+    servers, cfgs = [], []
+    try:
+        for i in range(3):
+            cfg = SimConfig(port=0, sip_port=0, seed=10 + i, heartbeat_interval=0.0)
+            server = SimServer(cfg)
+            server.start()
+            servers.append(server)
+            cfgs.append(cfg)
+        yield list(zip(servers, cfgs, strict=True))
+    finally:
+        for s in servers:
+            s.stop()
+
+
+@pytest.fixture
+def make(tmp_path):
+    """Build Originators that are always shut down, and check no /dev/shm block is left."""
+    made = []
+
+    def build(contacts, **kw):
+        o = get_originator(contacts, run_dir=tmp_path / f"run{len(made)}", **kw)
+        made.append(o)
+        return o
+
+    yield build
+    for o in made:
+        o.shutdown()
+        assert not o.is_alive()
+        assert not shm_exists(o._cb.name)
+
+
+def _dest(cfg: SimConfig, user: str = "doggy") -> str:
+    return f"{user}@{cfg.sip_host}:{cfg.sip_port}"
+
+
+def _cdr(o):
+    df = o.measurers.stores.CDR
+    return df[df["row_kind"] == "call"]
+
+
+def test_rate_is_even_and_accurate(slaves, make):
+    (s0, c0), (s1, c1), _ = slaves
+    rate = 200
+    o = make([s0.address, s1.address], rate=rate, limit=10_000, duration=0.3)
+    o.pool.evals("client.set_orig_cmd(dest)", dest=_dest(c0))
+    o.load_app(Park)
+    o.start()
+    assert wait_for(lambda: o.total_originated_sessions >= 500, 20)
+    o.stop()
+    assert o.waitwhile(timeout=20)
+    df = _cdr(o)
+    assert len(df) == o.total_originated_sessions
+    assert not df["failed"].any()
+    # each worker offers rate/2 evenly: the catch-up rule makes the count a straight line
+    # of its launch times (floor(elapsed * rate) + 1), and the typical gap is 1/share
+    for _w, g in df.groupby("worker"):
+        t = np.sort(g["job_launch"].to_numpy())
+        share = rate / 2
+        expected = (t[-1] - t[0]) * share + 1
+        assert abs(len(t) - expected) <= max(3, 0.03 * len(t)), (len(t), expected)
+        assert np.median(np.diff(t)) == pytest.approx(1 / share, rel=0.25)
+    # no burst at second boundaries: every second holds about the same number of calls
+    t = np.sort(df["job_launch"].to_numpy())
+    secs = np.floor(t - t[0]).astype(int)
+    counts = np.bincount(secs)[:-1]  # drop the partial last second
+    assert len(counts) >= 2 and counts.max() <= rate * 1.15 and counts.min() >= rate * 0.85
+
+
+def test_limit_max_sessions_and_calls_across_slaves(slaves, make):
+    (s0, c0), (s1, c1), (s2, c2) = slaves
+    o = make([s0.address, s1.address, s2.address], rate=300, limit=25, max_sessions=150)
+    o.duration = 0.4
+    # the SUT routes each slave's calls to the next slave: every call has its legs apart
+    nxt = {0: c1, 1: c2, 2: c0}
+    for i, client in enumerate(o.pool.clients):
+        client.set_orig_cmd(_dest(nxt[i]))
+    o.load_app(Park)
+    o.start()
+    peak = 0
+
+    def done() -> bool:
+        nonlocal peak
+        peak = max(peak, o.count_calls())
+        return o.state == "STOPPED" and o.count_calls() == 0
+
+    assert wait_for(done, 30, period=0.01)
+    assert 0 < peak <= 25
+    assert o.total_originated_sessions == 150
+    df = _cdr(o)
+    assert len(df) == 150
+    assert not df["failed"].any()
+    # the B-leg rows written by the other workers were merged into their calls
+    assert df["callee_create"].notna().all()
+    assert df["call_uuid"].is_unique
+    # concurrency from the records (originate to the A-leg's hangup: the originating
+    # worker counts a call at least that long) never exceeded the limit
+    ev = [(t, 1) for t in df["job_launch"]] + [(t, -1) for t in df["caller_hangup"]]
+    ev.sort(key=lambda x: (x[0], x[1]))
+    level = top = 0
+    for _t, d in ev:
+        level += d
+        top = max(top, level)
+    assert 15 <= top <= 25
+
+
+def test_hold_time_counts_from_answer(slaves, make):
+    (s0, c0), _, _ = slaves
+    o = make([s0.address], rate=20, limit=100, max_sessions=10, duration=1.0)
+    o.pool.clients[0].set_orig_cmd(_dest(c0))
+    o.pool.clients[0].api("sim answer_delay 0.5")
+    try:
+        o.load_app(Park)
+        o.start()
+        assert o.waitforstate("STOPPED", timeout=20)
+        assert o.waitwhile(timeout=20)
+    finally:
+        o.pool.clients[0].api("sim answer_delay 0")
+    df = _cdr(o)
+    assert len(df) == 10
+    held = df["caller_hangup"] - df["caller_answer"]
+    rang = df["caller_answer"] - df["caller_create"]
+    # the A-leg lives `duration` after its answer (not hung up at once, not from create)
+    assert (held >= 0.95).all(), held.tolist()
+    assert (held < 5).all(), held.tolist()
+    assert (rang >= 0.4).all(), rang.tolist()
+    assert set(df["hangup_cause"]) == {"NORMAL_CLEARING"}
+
+
+def test_app_weights_mix(slaves, make):
+    (s0, c0), (s1, c1), _ = slaves
+    from fastswitch.apps.bert import Bert
+    from fastswitch.apps.blockers import CalleeBlockonInvite, CalleeRingback
+
+    o = make([s0.address, s1.address], rate=1000, limit=2000, max_sessions=3000, duration=0.3)
+    # each slave calls itself; lift FreeSWITCH's sessions-per-second throttle (1000 by
+    # default, both legs count) as switchio's Originator did
+    for client, cfg in zip(o.pool.clients, (c0, c1), strict=True):
+        client.set_orig_cmd(_dest(cfg, "ctl"))
+    assert o.pool.evals("client.api('fsctl sps 10000')") == ["+OK sessions per second: 10000\n"] * 2
+    o.load_app(
+        CalleeRingback,
+        ppkwargs={"caller_hup_after": 0.3, "ring_response": "ring_ready"},
+        weight=33,
+    )
+    o.load_app(CalleeBlockonInvite, ppkwargs={"response": 404}, weight=33)
+    o.load_app(Bert, weight=34)
+    o.start()
+    assert o.waitforstate("STOPPED", timeout=30)
+    assert o.waitwhile(timeout=30)
+    df = _cdr(o)
+    assert len(df) == 3000
+    share = df["fastswitch_app"].value_counts(normalize=True) * 100
+    assert abs(share["CalleeRingback"] - 33) <= 2
+    assert abs(share["CalleeBlockOnInvite"] - 33) <= 2
+    assert abs(share["Bert"] - 34) <= 2
+    # each app's flow ran: 404 -> UNALLOCATED_NUMBER, ringing caller hung up, Bert answered
+    by_app = df.groupby("fastswitch_app")
+    assert set(by_app.get_group("CalleeBlockOnInvite")["hangup_cause"]) == {"UNALLOCATED_NUMBER"}
+    assert by_app.get_group("CalleeRingback")["caller_answer"].isna().all()
+    assert by_app.get_group("Bert")["caller_answer"].notna().all()
+    assert o.failures.get("UNALLOCATED_NUMBER") == len(by_app.get_group("CalleeBlockOnInvite"))
+
+
+def test_rejected_calls_counted_by_cause_and_logged(slaves, make, caplog):
+    (s0, c0), _, _ = slaves
+    caplog.set_level(logging.INFO, logger="fastswitch")
+    o = make([s0.address], rate=100, limit=100, max_sessions=200, duration=0.2)
+    o.pool.clients[0].set_orig_cmd(_dest(c0))
+    o.pool.clients[0].api("sim reject_mix 486=0.5")
+    try:
+        o.load_app(Park)
+        o.start()
+        assert o.waitforstate("STOPPED", timeout=20)
+        assert o.waitwhile(timeout=20)
+    finally:
+        o.pool.clients[0].api("sim reject_mix 486=0")
+    df = _cdr(o)
+    busy = int((df["hangup_cause"] == "USER_BUSY").sum())
+    assert 40 <= busy <= 160
+    assert o.failures == {"USER_BUSY": busy}
+    assert o.stats()["failed"] == busy
+    logged = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.ERROR and r.getMessage().endswith("failed with:\n-ERR USER_BUSY")
+    ]
+    assert logged and logged[0].startswith("Job '")
+    rec = next(r for r in caplog.records if r.getMessage() in logged)
+    assert rec.name == "fastswitch.EventListener"  # logged in the worker, reached the parent
+
+
+def test_worker_killed_is_detected_and_restarted(slaves, make, caplog):
+    (s0, c0), (s1, c1), _ = slaves
+    caplog.set_level(logging.INFO, logger="fastswitch")
+    o = make([s0.address, s1.address], rate=100, limit=1000, duration=0.3)
+    o.pool.evals("client.set_orig_cmd(dest)", dest=_dest(c0))
+    o.load_app(Park)
+    o.start()
+    assert wait_for(lambda: o.total_originated_sessions >= 50, 10)
+    victim = o.pool.clients[0]
+    old_pid = victim.process.pid
+    os.kill(old_pid, signal.SIGKILL)
+    assert wait_for(lambda: any("died" in m for m in caplog.messages), 5)
+    died = next(m for m in caplog.messages if "died" in m)
+    assert f"{s0.address[0]}:{s0.address[1]}" in died and "-9" in died
+    assert wait_for(lambda: any("restarted" in m for m in caplog.messages), 20)
+    assert victim.is_alive() and victim.process.pid != old_pid
+    # the restarted worker originates again and the run goes on
+    before = o.total_originated_sessions
+    assert wait_for(lambda: o._cb.counters(0)["originated"] >= 10, 10)
+    assert o.total_originated_sessions > before
+    assert o.state == "ORIGINATING"
+    o.stop()
+
+
+def test_app_defined_in_a_function_ships_by_value(slaves, make):
+    (s0, c0), _, _ = slaves
+
+    class Busy:  # a local class: cloudpickle must send it by value
+        @event_callback("CHANNEL_PARK")
+        def on_park(self, sess):
+            if sess.direction == "inbound":
+                sess.respond(486)
+
+    o = make([s0.address], rate=50, limit=10, max_sessions=5)
+    o.pool.clients[0].set_orig_cmd(_dest(c0, "ctl"))
+    o.load_app(Busy)
+    o.start()
+    assert o.waitforstate("STOPPED", timeout=10)
+    assert o.waitwhile(timeout=10)
+    assert o.failures == {"USER_BUSY": 5}
+
+
+def test_settings_live_and_validation(slaves, make):
+    (s0, c0), _, _ = slaves
+    o = make([s0.address], rate=50, limit=1000)
+    assert o.duration == 30.0 and o.auto_duration
+    o.rate = 100
+    assert o.duration == 20.0
+    o.duration = 2
+    assert not o.auto_duration
+    o.limit = 10
+    assert o.duration == 2
+    assert math.isinf(o.max_sessions)
+    with pytest.raises(Exception, match="rate"):
+        o.rate = 0
+    with pytest.raises(TypeError):
+        get_originator([s0.address], bogus=1)
+
+
+def _our_blocks() -> set[str]:
+    """Names of fastswitch control blocks in /dev/shm (recognised by their magic)."""
+    import struct
+
+    from fastswitch.control import MAGIC
+
+    out = set()
+    for n in os.listdir("/dev/shm"):
+        try:
+            with open("/dev/shm/" + n, "rb") as f:
+                head = f.read(8)
+        except OSError:
+            continue
+        if len(head) == 8 and struct.unpack("d", head)[0] == MAGIC:
+            out.add(n)
+    return out
+
+
+def test_unreachable_and_bad_password_name_the_slave(slaves, tmp_path):
+    (s0, _c0), _, _ = slaves
+    before = _our_blocks()
+    dead = free_port()
+    with pytest.raises(ConnectError, match=f"127.0.0.1:{dead}"):
+        get_originator([s0.address, ("127.0.0.1", dead)], run_dir=tmp_path / "a")
+    host, port = s0.address
+    with pytest.raises(AuthenticationError, match=f"{host}:{port}"):
+        get_originator([(host, port)], password="WrongPassword", run_dir=tmp_path / "b")
+    # the failed constructions released their control blocks
+    assert _our_blocks() - before == set()
