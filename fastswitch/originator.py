@@ -200,6 +200,7 @@ class Originator:
         self._restart_at: dict[int, tuple[float, float]] = {}  # index -> (not before, backoff)
         self._stale: set[int] = set()
         self._max_alloc: list[float] = [math.inf] * len(contacts)
+        self._max_pool = 0.0  # max_sessions share not held by any worker yet
         self._weights: list[float] = [0.0] * len(contacts)
 
         from fastswitch.measure import SettingsLog, new_run_dir
@@ -291,7 +292,7 @@ class Originator:
             args, kwargs = handle.orig_cmd_args
             handle.set_orig_cmd(*args, **kwargs)
 
-    def _retire(self, i: int) -> None:
+    def _retire(self, i: int) -> float:
         """Fold a dead incarnation's counters into the totals and free its shares."""
         cb = self._cb
         for k, v in cb.counters(i).items():
@@ -300,6 +301,8 @@ class Originator:
         for cause, n in cb.causes(i).items():
             self._retired_causes[i][cause] = self._retired_causes[i].get(cause, 0) + n
         unused = self._max_alloc[i] - cb.get(i, C.W_ORIGINATED)
+        if not math.isinf(unused) and unused > 0:
+            self._max_pool += unused  # handed to the survivors by _rebalance
         self._max_alloc[i] = 0.0
         cb.put(i, C.W_MAX, 0.0)
         cb.put(i, C.W_RATE, 0.0)
@@ -460,19 +463,41 @@ class Originator:
                     headroom -= grant
                     caps[i] += grant
                     cb.put(i, C.W_LIMIT, caps[i])
-            # max_sessions
+            # max_sessions: caps are absolute per incarnation and only ever handed over
+            # (a dead worker's unused share, an increase), so their sum stays exact
             if math.isinf(self._max_sessions):
                 for i in range(n):
                     self._max_alloc[i] = math.inf
                     cb.put(i, C.W_MAX, math.inf)
-            else:
-                orig = [cb.get(i, C.W_ORIGINATED) for i in range(n)]
-                retired = sum(r["originated"] for r in self._retired)
-                remaining = max(0, int(self._max_sessions - retired - sum(orig)))
-                shares = _split_int(remaining, weights)
+            elif self._max_pool > 0 and total:
+                shares = _split_int(self._max_pool, weights)
+                self._max_pool -= sum(shares)
                 for i in range(n):
-                    self._max_alloc[i] = orig[i] + shares[i]
-                    cb.put(i, C.W_MAX, self._max_alloc[i])
+                    if shares[i]:
+                        self._max_alloc[i] += shares[i]
+                        cb.put(i, C.W_MAX, self._max_alloc[i])
+
+    def _allocate_max_sessions(self) -> None:
+        """Split what is left of max_sessions over the workers by weight (exact while the
+        workers do not originate: at start(), or when set while not originating)."""
+        with self._lock:
+            cb = self._cb
+            n = len(self.pool.clients)
+            if math.isinf(self._max_sessions):
+                self._max_pool = 0.0
+                for i in range(n):
+                    self._max_alloc[i] = math.inf
+                    cb.put(i, C.W_MAX, math.inf)
+                return
+            weights = self._worker_weights()
+            orig = [cb.get(i, C.W_ORIGINATED) for i in range(n)]
+            retired = sum(r["originated"] for r in self._retired)
+            remaining = max(0, int(self._max_sessions - retired - sum(orig)))
+            shares = _split_int(remaining, weights)
+            self._max_pool = remaining - sum(shares)
+            for i in range(n):
+                self._max_alloc[i] = orig[i] + shares[i]
+                cb.put(i, C.W_MAX, self._max_alloc[i])
 
     # -- settings ---------------------------------------------------------------------------
     @staticmethod
@@ -536,10 +561,34 @@ class Originator:
 
     @max_sessions.setter
     def max_sessions(self, value: float) -> None:
-        if not value >= 0:
-            raise ConfigurationError(f"max_sessions must be >= 0, got {value!r}")
-        self._max_sessions = value
-        self._cb.set_settings(self._rate, self._limit, value, self._duration)
+        if not value >= 0 or (not math.isinf(value) and int(value) != value):
+            raise ConfigurationError(
+                f"max_sessions must be a non-negative integer or inf, got {value!r}"
+            )
+        with self._lock:
+            old = self._max_sessions
+            self._max_sessions = value
+            self._cb.set_settings(self._rate, self._limit, value, self._duration)
+            if self._state != ORIGINATING or math.isinf(old) or math.isinf(value):
+                self._allocate_max_sessions()
+            elif value >= old:
+                self._max_pool += value - old
+            else:
+                # lower the caps by the cut, never below what a worker already offered
+                cut = old - value
+                take = _split_int(
+                    cut,
+                    [
+                        max(0.0, a - self._cb.get(i, C.W_ORIGINATED))
+                        for i, a in enumerate(self._max_alloc)
+                    ],
+                )
+                for i, t in enumerate(take):
+                    if t:
+                        self._max_alloc[i] = max(
+                            self._cb.get(i, C.W_ORIGINATED), self._max_alloc[i] - t
+                        )
+                        self._cb.put(i, C.W_MAX, self._max_alloc[i])
         self._rebalance(force=True)
         self._record("max_sessions", value)
 
@@ -608,6 +657,7 @@ class Originator:
         self.log.info("starting originate loops")
         self._hupall_waiting = False
         self._rebalance(force=True)
+        self._allocate_max_sessions()
         self._set_state(ORIGINATING)
 
     def stop(self) -> None:
