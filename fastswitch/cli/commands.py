@@ -145,6 +145,28 @@ def configure_commands(orig: Any, cfg: RunConfig) -> None:
         client.set_orig_cmd(dest, profile=cfg.profile, proxy=cfg.proxy or dest, app_name="park")
 
 
+LOG_FILE = "fastswitch.log"
+
+
+def setup_logging(run_dir: Path, debug: bool) -> Path:
+    """Send fastswitch's log to ``fastswitch.log`` in the run directory (not the screen,
+    where it would tear the live view); with ``--debug`` also to stderr, at DEBUG."""
+    import logging
+
+    from fastswitch.log import SeedFormatter, log_to_stderr
+
+    path = run_dir / LOG_FILE
+    logger = logging.getLogger("fastswitch")
+    handler = logging.FileHandler(path)
+    handler.setFormatter(SeedFormatter())
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if debug else logging.INFO)
+    logger.propagate = False
+    if debug:
+        log_to_stderr(logging.DEBUG)
+    return path
+
+
 def execute(
     cfg: RunConfig,
     args: argparse.Namespace,
@@ -157,6 +179,7 @@ def execute(
 
     resolved = resolve_apps(cfg.apps)
     run_dir = make_run_dir(cfg.run_dir)
+    setup_logging(run_dir, getattr(args, "debug", False))
     console = console or Console()
     mode = live_mode(args)
     interval = parse_duration(getattr(args, "interval", "0.5s") or "0.5s", "--interval")

@@ -1,8 +1,8 @@
 """``fastswitch demo``: a complete load test on a machine without FreeSWITCH.
 
 Starts ``--slaves`` simulated FreeSWITCH servers (:mod:`fastswitch.sim`, each in its own
-process, on loopback, on free ports) with a realistic mix: answer delays that differ per
-slave (50 ms to 400 ms), a few rejections (486 busy, 503, 404). Slave ``i`` calls slave
+process, on loopback, on free ports) with a realistic mix: post-dial delays that differ per
+slave (20 ms to 150 ms), a few rejections (486 busy, 503, 404). Slave ``i`` calls slave
 ``i+1`` (the simulator routes an originate by SIP address, as a SUT would), so every call
 has a caller leg on one slave and a callee leg on another. Then it runs the same load test
 as ``run`` with the demo defaults, prints the report and stops the simulators.
@@ -13,8 +13,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
-import socket
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from fastswitch.cli.commands import execute, overrides_from_args
@@ -26,8 +27,10 @@ from fastswitch.errors import ConfigurationError
 DEMO_TIME = "20s"
 DEMO_RATE = 50.0
 DEMO_HOLD = 3.0
-#: Per-slave answer delays, cycled.
-ANSWER_DELAYS = (0.05, 0.15, 0.4, 0.1)
+#: Per-slave post-dial delays (INVITE sent -> callee leg created), cycled: they show in the
+#: call set-up latency. (The simulator's answer_delay applies to its own dialplan; here the
+#: apps answer the callee legs.)
+POST_DIAL_DELAYS = (0.02, 0.08, 0.15, 0.04)
 #: SIP rejections each simulated callee gives: {code: probability}.
 REJECT_MIX: dict[Any, float] = {486: 0.02, 503: 0.01, 404: 0.005}
 #: Default call flows: mostly held calls with an audio check, a few blocked or ringing ones.
@@ -39,47 +42,38 @@ DEMO_APPS = (
 MAX_SLAVES = 16
 
 
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct free TCP ports on loopback (bound together so none repeats)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+@dataclass(frozen=True)
+class SimSlave:
+    """A running simulated slave: its ESL and SIP addresses."""
+
+    esl: tuple[str, int]
+    sip: tuple[str, int]
 
 
 @contextlib.contextmanager
-def sim_slaves(count: int, seed: int | None = None) -> Iterator[list[Any]]:
-    """Start ``count`` simulated slaves; yields their SimConfigs; stops them on exit."""
+def sim_slaves(count: int, seed: int | None = None) -> Iterator[list[SimSlave]]:
+    """Start ``count`` simulated slaves on free loopback ports; stop them on exit."""
     from fastswitch import sim
 
-    ports = free_ports(2 * count)
-    configs = [
-        sim.SimConfig(
-            host="127.0.0.1",
-            port=ports[2 * i],
-            sip_port=ports[2 * i + 1],
-            answer_delay=ANSWER_DELAYS[i % len(ANSWER_DELAYS)],
-            reject_mix=dict(REJECT_MIX),
-            seed=None if seed is None else seed + i,
-            max_sessions=20000,
-            sps=5000,
-        )
-        for i in range(count)
-    ]
     servers: list[Any] = []
     try:
-        with children_ignore_sigint():
-            for cfg in configs:
-                server = sim.SimServer(cfg)
-                server.start()
-                servers.append(server)
-        yield configs
+        for i in range(count):
+            cfg = sim.SimConfig(
+                host="127.0.0.1",
+                port=0,
+                sip_port=0,
+                post_dial_delay=POST_DIAL_DELAYS[i % len(POST_DIAL_DELAYS)],
+                reject_mix=dict(REJECT_MIX),
+                seed=None if seed is None else seed + i,
+                max_sessions=20000,
+                sps=5000,
+            )
+            servers.append(sim.SimServer(cfg))
+        with children_ignore_sigint(), ThreadPoolExecutor(count) as pool:
+            # start them side by side: each start waits for its process to listen
+            for fut in [pool.submit(s.start) for s in servers]:
+                fut.result()
+        yield [SimSlave(tuple(s.address), tuple(s.sip_address)) for s in servers]
     finally:
         with children_ignore_sigint():
             for server in reversed(servers):
@@ -114,13 +108,13 @@ def cmd_demo(args: argparse.Namespace, argv: list[str]) -> int:
     resolve_apps(cfg.apps)  # fail on a bad --app before starting anything
 
     with sim_slaves(count, seed=args.seed) as sims:
-        cfg.hosts = [(c.host, c.port) for c in sims]
+        cfg.hosts = [s.esl for s in sims]
 
         def configure(orig: Any) -> None:
             for i, client in enumerate(orig.pool.clients):
                 callee = sims[(i + 1) % len(sims)]
                 client.set_orig_cmd(
-                    f"fastswitch@{callee.sip_host}:{callee.sip_port}",
+                    "fastswitch@{}:{}".format(*callee.sip),
                     profile=cfg.profile,
                     app_name="park",
                 )
