@@ -179,6 +179,25 @@ def test_round_trip_values_and_nulls(tmp_path):
     assert got == rows
 
 
+def test_file_is_a_standard_arrow_stream(tmp_path):
+    """Byte-identical to pyarrow's own stream writer given the same batches; the schema is
+    on disk from the start."""
+    path = tmp_path / "cdr-0.arrows"
+    w = CDRWriter(path, flush_rows=2)
+    assert pa.ipc.open_stream(path.read_bytes()).schema.equals(CDR_SCHEMA)
+    for i in range(5):
+        w.append(make_row(i))
+    w.close()
+    with pa.ipc.open_stream(path.read_bytes()) as reader:
+        batches = list(reader)
+    assert [b.num_rows for b in batches] == [2, 2, 1]
+    ref = pa.BufferOutputStream()
+    with pa.ipc.new_stream(ref, CDR_SCHEMA) as ws:
+        for b in batches:
+            ws.write_batch(b)
+    assert ref.getvalue().to_pybytes() == path.read_bytes()
+
+
 def test_flush_by_rows_writes_batches_and_keeps_buffer_small(tmp_path):
     path = tmp_path / "cdr-0.arrows"
     w = CDRWriter(path, flush_rows=3, flush_ms=10**9)
