@@ -383,3 +383,29 @@ async def test_custom_subclass_callbacks(sim_server):
     assert all(s.call is call and s.app_id == "bert1" for s in app.synced)
     assert_released(c)
     await c.close()
+
+
+@run
+async def test_session_variable_media_and_park_commands(sim_server):
+    c = client_for(sim_server)
+    c.load_app(JustPark, "app1")
+    await c.connect()
+    c.set_orig_cmd(sip_dest(sim_server))
+    job = c.originate()
+    await job
+    await until(lambda: c.listener.active_sessions == 2)
+    call = job.call
+    b = call.callee
+    assert await b.getvar("fs_test_var") is None  # _undef_
+    await b.setvar("fs_test_var", "v1")
+    assert await b.getvar("fs_test_var") == "v1"
+    assert (await b.broadcast("tone_stream://%(100,0,800)")).startswith("+OK")
+    assert (await b.playback("tone_stream://%(100,0,800)")) == "+OK"
+    assert (await b.park()).startswith("+OK")
+    assert b.var("sip_h_X-fastswitch_client") == "app1" and b.is_inbound()
+    done = []
+    c.listener.call_complete_hooks.append(done.append)
+    call.hangup()
+    await until(lambda: done)
+    assert done == [call] and call.caller.hangup_cause == "NORMAL_CLEARING"
+    await c.close()
