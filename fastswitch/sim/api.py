@@ -174,7 +174,7 @@ def cmd_uuid_dump(core: Core, arg: str) -> str:
     leg = _leg(core, parts[0]) if parts else None
     if leg is None:
         return NO_CHANNEL
-    key = f"{leg.role}|CHANNEL_PARK|{leg.cs}|{leg.callstate}|{leg.answer}|||{1 if leg.t['answered'] else 0}"
+    key = f"{leg.role}|CHANNEL_PARK|{leg.cs}|{leg.callstate}|{leg.answer}|||{1 if leg.t['answered'] else 0}||"
     tpl = core.store.find(key)
     if tpl is None:
         return NO_CHANNEL

@@ -15,6 +15,7 @@ the captures, "Client-driven call flows".
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -170,14 +171,18 @@ class Leg:
             b = self._blocks[k] = templates.encode_block(fmt, pairs, pos)
         return b
 
-    def fire(self, name: str, body: str | None = None) -> None:
+    def fire(
+        self, name: str, body: str | None = None, variant: str = "", nested: bool = False
+    ) -> None:
         """Fire one channel event for this leg in its current state."""
-        app = self.values["app"] if name.startswith("CHANNEL_EXECUTE") else ""
-        ans = "1" if self.t["answered"] else "0"
+        app = self.values["app"] if name.startswith("CHANNEL_EXECUTE") else variant
+        ans = ("1" if self.t["answered"] else "0") + ("b" if self.bert_running else "")
         if name.startswith("CUSTOM::"):
-            key = f"{self.role}|{name}|{self.cs}|{self.callstate}|{self.answer}|||{ans}"
+            key = f"{self.role}|{name}|{self.cs}|{self.callstate}|{self.answer}|||{ans}||"
         else:
-            key = f"{self.role}|{name}|{self.cs}|{self.callstate}|{self.answer}|{app}|{self.cause}|{ans}"
+            disp = self.values["disposition"]
+            n = "+" if nested else ""
+            key = f"{self.role}|{name}|{self.cs}|{self.callstate}|{self.answer}|{app}|{self.cause}|{ans}|{disp}|{n}"
         blockname = "VARS" if self.role == "A" else "XHDRS"
         self.core.emit(
             key,
@@ -275,7 +280,7 @@ class Leg:
         self.values["last_app"] = app
         self.values["last_arg"] = arg
         self._set_app_values()
-        self.fire("CHANNEL_EXECUTE")
+        self.fire("CHANNEL_EXECUTE", nested=len(self.apps) > 1)
         APPS[app](self, arg, then)
 
     def complete(self, app: str, then: Callable[[], None] | None = None) -> None:
@@ -290,7 +295,7 @@ class Leg:
             return
         v = self.values
         v["app"], v["app_data"], v["app_uuid"] = entry
-        self.fire("CHANNEL_EXECUTE_COMPLETE")
+        self.fire("CHANNEL_EXECUTE_COMPLETE", nested=bool(self.apps))
         self._set_app_values()
         if then:
             then()
@@ -302,6 +307,9 @@ class Leg:
         (app, arg), rest = steps[0], steps[1:]
         if app == "delay":
             self.later(float(arg), self.run_steps, rest)
+            return
+        if app == "end":  # dialplan exhausted: the channel hangs up
+            self.hangup(arg)
             return
         self.execute(app, arg, (lambda: self.run_steps(rest)) if rest else None)
 
@@ -373,8 +381,8 @@ class Leg:
             return
         all_events = self.core.targets("CODEC")
         if all_events:
-            self.fire("CODEC")
-            self.fire("CODEC")
+            self.fire("CODEC", variant="read")
+            self.fire("CODEC", variant="write")
         self.mark("answered")
         self.set_answer("answered")
         self.fire("CHANNEL_ANSWER")
@@ -446,11 +454,20 @@ class Leg:
         self._durations()
         self.set_answer("hangup")
         self.fire("CHANNEL_HANGUP")
+        # the session thread does the rest, after the api command that hung up returns
+        core.loop.call_soon(self._hangup_rest, answered, disposition, term_status, notify)
+
+    def _hangup_rest(
+        self, answered: bool, disposition: str, term_status: str, notify: bool
+    ) -> None:
+        core = self.core
+        v = self.values
+        cause = self.cause
         if any(a[0] == "park" for a in self.apps) and core.targets("CHANNEL_UNPARK"):
             self.fire("CHANNEL_UNPARK")
         while self.apps:
             v["app"], v["app_data"], v["app_uuid"] = self.apps.pop()
-            self.fire("CHANNEL_EXECUTE_COMPLETE")
+            self.fire("CHANNEL_EXECUTE_COMPLETE", nested=bool(self.apps))
         self._set_app_values()
         if notify and self.peer is not None:
             if self.role == "A":
@@ -519,8 +536,8 @@ def _app_park(leg: Leg, arg: str, then: Callable[[], None] | None) -> None:
 def _app_answer(leg: Leg, arg: str, then: Callable[[], None] | None) -> None:
     if leg.role == "B":
         if leg.core.targets("CODEC"):
-            leg.fire("CODEC")
-            leg.fire("CODEC")
+            leg.fire("CODEC", variant="read")
+            leg.fire("CODEC", variant="write")
         leg.answer_call()
     leg.complete("answer", then)
 
@@ -717,7 +734,8 @@ def dialplan(dest: str, core: Core) -> list[tuple[str, str]]:
 
     ``doggy``/``park*`` answer+park, ``ctl*``/``control*`` park only (unanswered),
     ``bert`` answer+bert_test, ``tone`` answer+tone playback, ``busy`` respond 486,
-    ``nosuch*``/``404*`` hangup NO_ROUTE_DESTINATION, anything else park unanswered.
+    ``nosuch*``/``404*`` hangup NO_ROUTE_DESTINATION, anything else park unanswered
+    (with ``dialplan="vanilla"``: set/export, then hang up NORMAL_CLEARING, i.e. a 480).
     ``answer_delay`` makes the answering extensions ring (180) first.
     """
     delay = core.cfg.answer_delay
@@ -734,4 +752,11 @@ def dialplan(dest: str, core: Core) -> list[tuple[str, str]]:
         return [("respond", "486")]
     if dest.startswith("nosuch") or dest.startswith("404"):
         return [("hangup", "NO_ROUTE_DESTINATION")]
+    if core.cfg.dialplan == "vanilla":
+        date = time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime())
+        return [
+            ("set", "outside_call=true"),
+            ("export", f"RFC2822_DATE={date}"),
+            ("end", "NORMAL_CLEARING"),
+        ]
     return [("park", "")]

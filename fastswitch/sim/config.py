@@ -119,6 +119,9 @@ class SimConfig:
     bert_lost_sync_prob: float = 0.0
     bert_sync_delay: float = 1.0
     seed: int | None = None
+    # "switchio": unknown destinations park unanswered; "vanilla": FreeSWITCH's vanilla
+    # public context (set/export, then hang up NORMAL_CLEARING -> 480)
+    dialplan: str = "switchio"
     # "host:port" -> "host:port" of another simulator's SIP listener, or "unreachable"
     routes: dict[str, str] = field(default_factory=dict)
     event_queue_limit: int = 100_000

@@ -197,13 +197,17 @@ class Core:
         blocks: BlockFn | None = None,
         block_pairs: dict[str, list[tuple[str, str]]] | None = None,
         body: str | None = None,
+        seq: int | None = None,
     ) -> None:
         """Create one event (takes a sequence number) and deliver it to subscribed listeners.
 
-        ``key`` selects the template (``role|name|cs|callstate|answer|app|cause|answered``),
+        ``key`` selects the template (``role|name|cs|callstate|answer|app|cause|answered|disposition|nested``),
         ``name`` is the subscription name (``CUSTOM::<subclass>`` for CUSTOM events).
         """
-        self.seq += 1
+        if seq is None:
+            self.seq += 1
+            seq = self.seq
+            values.update(self.time_values)
         targets = self._wanted.get(name)
         if targets is None:
             targets = self.targets(name)
@@ -212,8 +216,7 @@ class Core:
         tpl = self.store.find(key)
         if tpl is None:
             return
-        values.update(self.time_values)
-        values["seq"] = str(self.seq)
+        values["seq"] = str(seq)
         rendered: dict[str, bytes] = {}
         hdrs = None
         bfn = blocks or _no_blocks
@@ -238,17 +241,23 @@ class Core:
         """Fire BACKGROUND_JOB with the command's output as body."""
         values = self.base_values()
         values.update(job_uuid=job_uuid, job_cmd=cmd, job_arg=arg)
-        key = "-|BACKGROUND_JOB||||||0" if arg else "-|BACKGROUND_JOB_NOARG||||||0"
+        key = "-|BACKGROUND_JOB||||||0||" if arg else "-|BACKGROUND_JOB_NOARG||||||0||"
         self.emit(key, "BACKGROUND_JOB", values, body=result)
 
-    def api_event(self, cmd: str, arg: str) -> None:
-        """Fire the API event FreeSWITCH sends for every api/bgapi command."""
+    def api_event(self, cmd: str, arg: str) -> Callable[[], None]:
+        """Create the API event FreeSWITCH sends for every api/bgapi command.
+
+        Its sequence number and time are taken now; it is delivered when the returned
+        function is called (FreeSWITCH fires it once the command has returned).
+        """
+        self.seq += 1
         if not self.targets("API"):
-            self.seq += 1
-            return
+            return _noop
+        seq = self.seq
         values = self.base_values()
         values.update(job_cmd=cmd, job_arg=arg)
-        self.emit("-|API||||||0" if arg else "-|API_NOARG||||||0", "API", values)
+        key = "-|API||||||0||" if arg else "-|API_NOARG||||||0||"
+        return lambda: self.emit(key, "API", values, seq=seq)
 
     def _heartbeat(self) -> None:
         up = time.time() - self.start_time
@@ -264,8 +273,12 @@ class Core:
             since_startup=str(self.sessions_since_startup),
             peak=str(self.session_peak),
         )
-        self.emit("-|HEARTBEAT||||||0", "HEARTBEAT", values)
+        self.emit("-|HEARTBEAT||||||0||", "HEARTBEAT", values)
         self.loop.call_later(self.cfg.heartbeat_interval, self._heartbeat)
+
+
+def _noop() -> None:
+    return None
 
 
 def _no_blocks(fmt: str, name: str, pos: str) -> bytes:
@@ -276,7 +289,13 @@ def uptime_text(up: float) -> str:
     s = int(up)
     ms = int((up - s) * 1000)
     us = int((up - s) * 1_000_000) % 1000
-    return (
-        f"0 years, {s // 86400} days, {s // 3600 % 24} hours, {s // 60 % 60} minutes, "
-        f"{s % 60} seconds, {ms} milliseconds, {us} microseconds"
-    )
+    parts = [
+        (s // (86400 * 365), "year"),
+        (s // 86400 % 365, "day"),
+        (s // 3600 % 24, "hour"),
+        (s // 60 % 60, "minute"),
+        (s % 60, "second"),
+        (ms, "millisecond"),
+        (us, "microsecond"),
+    ]
+    return ", ".join(f"{n} {word}{'' if n == 1 else 's'}" for n, word in parts)

@@ -445,14 +445,16 @@ class EslConnection(asyncio.Protocol):
 
     def _api(self, line: str) -> None:
         cmd, _, arg = line.partition(" ")
-        self.core.api_event(cmd, arg)
+        fire_api = self.core.api_event(cmd, arg)
         result = api.execute(self.core, cmd, arg)
         if isinstance(result, str):
+            fire_api()
             self.write_raw(api_response(result or "-ERR no reply\n"))
             return
         self.blocked = True
 
         def done(fut: asyncio.Future[str]) -> None:
+            fire_api()
             self.blocked = False
             self.write_raw(api_response(fut.result() or "-ERR no reply\n"))
             self.flush_pending()
@@ -465,9 +467,10 @@ class EslConnection(asyncio.Protocol):
         self.write_raw(reply(f"+OK Job-UUID: {job}", f"Job-UUID: {job}\n"))
         cmd, _, arg = line.partition(" ")
         core = self.core
-        core.api_event(cmd, arg)
+        fire_api = core.api_event(cmd, arg)
 
         def finish(result: str) -> None:
+            fire_api()
             core.background_job(job, cmd, arg, result)
 
         if cmd.lower() == "originate":

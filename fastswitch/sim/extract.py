@@ -10,9 +10,12 @@ originate ``{...}`` block become one ``VARS`` block slot on the A-leg, and the
 ``variable_sip_h_X-*`` headers one ``XHDRS`` block slot on the B-leg, so a call
 with other variables renders the same event with its own variables in place.
 
-Each template is stored under a key ``role|name|cs|callstate|answer|app|cause|answered``
+Each template is stored under a key
+``role|name|cs|callstate|answer|app|cause|answered|disposition|nested``
 (role ``A`` = outbound leg, ``B`` = inbound leg, ``-`` = no channel; ``answered``
-1 when the leg has been answered); the first
+1 when the leg has been answered, with a ``b`` suffix once bert_test has run on it;
+``nested`` ``+`` for an EXECUTE(_COMPLETE) of an app started while another one, e.g.
+park, runs underneath); the first
 capture (in ``CAPTURE_ORDER``) that shows a key wins.
 """
 
@@ -36,8 +39,8 @@ CAPTURE_ORDER = (
     "p_filters",
     "b_event_plain_call",
     "b_event_plain_ALL_call",
-    "g_bert",
     "d_originate_fail",
+    "g_bert",
     "s_sps_limit",
     "h_misc",
     "e_burst20_hupall_plain",
@@ -190,12 +193,14 @@ def originate_vars(txt: str) -> dict[str, list[str]]:
     return out
 
 
-def key_of(role: str, pairs: list[tuple[str, str]]) -> str:
+def key_of(role: str, pairs: list[tuple[str, str]], nested: bool = False) -> str:
     d = dict(pairs)
     name = d.get("Event-Name", "")
     if name == "CUSTOM":
         name = "CUSTOM::" + d.get("Event-Subclass", "")
     app = d.get("Application", "") if name.startswith("CHANNEL_EXECUTE") else ""
+    if name == "CODEC":
+        app = "read" if "channel-read-codec-name" in d else "write"
     return "|".join(
         (
             role,
@@ -205,7 +210,10 @@ def key_of(role: str, pairs: list[tuple[str, str]]) -> str:
             d.get("Answer-State", ""),
             app,
             d.get("Hangup-Cause", ""),
-            "1" if d.get("Caller-Channel-Answered-Time", "0") != "0" else "0",
+            ("1" if d.get("Caller-Channel-Answered-Time", "0") != "0" else "0")
+            + ("b" if "variable_bert_stats_sync_lost" in d else ""),
+            d.get("variable_sip_hangup_disposition", ""),
+            "+" if nested else "",
         )
     )
 
@@ -274,7 +282,19 @@ def extract(captures: Path) -> dict:
                 if role == "A" and uid not in ovars and name != "d_originate_fail":
                     continue
                 block = set(ovars.get(uid, ()))
-                key = key_of(role, pairs)
+                # apps running on this leg (an app started on top of park is "nested")
+                stack = info.setdefault("apps", [])
+                ename = d.get("Event-Name")
+                nested = False
+                if ename == "CHANNEL_EXECUTE":
+                    nested = bool(stack)
+                    stack.append(d.get("Application"))
+                elif ename == "CHANNEL_EXECUTE_COMPLETE":
+                    if d.get("Application") in stack:
+                        idx = len(stack) - 1 - stack[::-1].index(d.get("Application"))
+                        del stack[idx]
+                    nested = bool(stack)
+                key = key_of(role, pairs, nested)
             else:
                 role, info, block = "-", {}, set()
                 key = key_of(role, pairs)

@@ -206,14 +206,15 @@ def originate(core: Core, arg: str, on_done: Callable[[str], None], job_uuid: st
     elif d.exten:
         leg.app_after_answer = ("\x00dialplan", d.exten)
     leg.set_state("CS_NONE", fire=False)
-    if core.targets("CHANNEL_OUTGOING"):
-        leg.fire("CHANNEL_OUTGOING")
-    else:
-        core.seq += 1
+    leg.fire("CHANNEL_OUTGOING")
     leg.set_state("CS_INIT")
     leg.fire("CHANNEL_CREATE")
     leg.fire("CHANNEL_ORIGINATE")
     leg.set_state("CS_ROUTING")
+    if core.sip.unreachable(d):
+        # nothing listens there: sofia gets a 503 at once (ICMP), still in CS_ROUTING
+        leg.hangup("NORMAL_TEMPORARY_FAILURE", "recv_refuse", term_status="503")
+        return
     leg.set_state("CS_CONSUME_MEDIA")
     leg.later(d.timeout, _no_answer, leg)
     pdd = core.cfg.post_dial_delay

@@ -140,16 +140,17 @@ class SipLink:
         if conn.addr and self.peers.get(conn.addr) is conn:
             del self.peers[conn.addr]
 
+    def unreachable(self, d: Dial) -> bool:
+        """True when the dial string's next hop is routed to ``unreachable``."""
+        bad = ("unreachable", "refuse", "503")
+        routes = self.core.cfg.routes
+        return routes.get(d.hostport) in bad or (
+            bool(d.fs_path) and routes.get(d.fs_path.removeprefix("sip:")) in bad
+        )
+
     def invite(self, leg: Leg, d: Dial) -> None:
         """Send the A-leg's INVITE towards the destination in its dial string."""
-        route = d.hostport
-        if d.fs_path and self.core.cfg.routes.get(d.fs_path.removeprefix("sip:")) in (
-            "unreachable",
-            "refuse",
-            "503",
-        ):
-            route = d.fs_path.removeprefix("sip:")
-        chan = self.channel_for(route)
+        chan = self.channel_for(d.hostport)
         if chan is None:
             leg.hangup("NORMAL_TEMPORARY_FAILURE", "recv_refuse", term_status="503")
             return

@@ -237,18 +237,31 @@ class TemplateStore:
                 self._by_general.setdefault(g, tpl)
         self._cache: dict[str, Template | None] = {}
 
-    @staticmethod
-    def _generalisations(key: str) -> list[str]:
-        role, name, cs, callstate, answer, app, cause, ans = key.split("|")
-        return [
-            key,
-            "|".join((role, name, cs, callstate, answer, app, "*", ans)),
-            "|".join((role, name, cs, callstate, answer, "*", "*", ans)),
-            "|".join((role, name, "*", callstate, answer, "*", "*", ans)),
-            "|".join((role, name, "*", "*", answer, "*", "*", ans)),
-            "|".join((role, name, "*", "*", "*", "*", "*", ans)),
-            "|".join((role, name, "*", "*", "*", "*", "*", "*")),
-        ]
+    # fields wildcarded, in order, when looking for the closest template:
+    # 2 cs, 3 callstate, 4 answer, 5 app, 6 cause, 7 answered, 8 disposition, 9 nested
+    _STEPS = (
+        (),
+        (9,),
+        (8, 9),
+        (8, 6, 9),
+        (8, 6, 5, 9),
+        (8, 6, 5, 2, 9),
+        (8, 6, 5, 2, 3, 9),
+        (8, 6, 5, 2, 3, 4, 9),
+    )
+
+    @classmethod
+    def _generalisations(cls, key: str) -> list[str]:
+        fields = key.split("|")
+        out = []
+        for step in cls._STEPS:
+            f = list(fields)
+            for i in step:
+                f[i] = "*"
+            out.append("|".join(f))
+        f = fields[:2] + ["*"] * (len(fields) - 2)
+        out.append("|".join(f))
+        return out
 
     def find(self, key: str) -> Template | None:
         """The template for ``key`` or the closest generalisation (None if the event is unknown)."""
@@ -257,7 +270,12 @@ class TemplateStore:
         except KeyError:
             pass
         found = None
-        for g in self._generalisations(key):
+        keys = self._generalisations(key)
+        fields = key.split("|")
+        if fields[7].endswith("b"):  # bert ran on the leg: prefer bert templates, then plain ones
+            fields[7] = fields[7][:-1]
+            keys = keys[:-1] + self._generalisations("|".join(fields))
+        for g in keys:
             found = self._by_general.get(g)
             if found is not None:
                 break
