@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
+import weakref
 
 import pytest
 
@@ -96,6 +98,14 @@ async def test_loopback_calls_pair_legs_and_release_memory(sim_server):
     t = c.listener
     assert t.answered_calls == 20 and t.failed_calls == 0 and t.completed_calls == 20
     assert_released(c)
+    # nothing else keeps finished calls alive: memory does not grow with calls made
+    refs = [weakref.ref(x) for call in done for x in (call, call.job, *call.sessions)]
+    done.clear()
+    jobs.clear()
+    app.jobs.clear()
+    call = a = b = None
+    gc.collect()
+    assert refs and all(r() is None for r in refs)
     await c.close()
 
 
