@@ -333,6 +333,7 @@ class Client:
         self._app_pos = 0
         self._index = itertools.count(1)
         self._closing = False
+        self._opening = False
         self._reconnect_task: asyncio.Task | None = None
         self._connected_ev: asyncio.Event | None = None
         self._writable: asyncio.Event | None = None
@@ -384,6 +385,7 @@ class Client:
         loop = self.loop
         assert loop is not None
         proto = ESLProtocol(self)
+        self._opening = True
         try:
             async with asyncio.timeout(timeout):
                 try:
@@ -415,6 +417,8 @@ class Client:
                 self._proto = proto
                 await self._setup(proto)
         except TimeoutError:
+            if self._proto is proto:
+                self._proto = None
             self._abort(proto)
             raise ConnectError(
                 f"timed out after {timeout:g}s connecting to ESL at {self.addr}"
@@ -424,6 +428,8 @@ class Client:
                 self._proto = None
             self._abort(proto)
             raise
+        finally:
+            self._opening = False
         self.connections += 1
         if self._connected_ev is not None:
             self._connected_ev.set()
@@ -501,6 +507,8 @@ class Client:
             return
         self._proto = None
         self.last_error = cause
+        if self._opening:
+            return  # _open() fails with the cause; its caller decides about retrying
         if self._connected_ev is not None:
             self._connected_ev.clear()
         if self._writable is not None:

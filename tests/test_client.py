@@ -115,6 +115,15 @@ async def test_connect_timeout_when_server_is_silent():
 
 
 @run
+async def test_drop_during_setup_fails_connect_without_background_retries():
+    async with ScriptServer(lambda i, c: reply("+OK accepted") if i == 0 else CLOSE) as srv:
+        c = Client(port=srv.port, reconnect=True)
+        with pytest.raises(ConnectionLost, match=f"127.0.0.1:{srv.port}"):
+            await c.connect(timeout=5)
+        assert not c.connected and c.connections == 0 and c._reconnect_task is None
+
+
+@run
 async def test_userauth():
     async with ok_server() as srv:
         c = Client(port=srv.port, user="load@example.com", password="s3cret", reconnect=False)
