@@ -621,17 +621,25 @@ class Client:
         A body starting with ``-ERR`` raises :class:`CommandError` unless
         ``errcheck=False``; ``raw=True`` resolves to the :class:`Frame` itself.
         """
+        if "\n" in cmd:
+            raise ValueError(f"an api command is one line: {cmd!r}")
         mode = _FRAME if raw else (_TEXT if errcheck else _TEXT_NOCHECK)
         return self._conn().command("api " + cmd, mode, cmd)
 
     def cmd(self, text: str, *, errcheck: bool = True) -> asyncio.Future:
-        """Send any ESL command line; resolves to its Reply-Text (or api body)."""
+        """Send any ESL command (a line, optionally followed by ``Name: value`` header
+        lines); resolves to its Reply-Text (or api body)."""
+        text = text.strip("\n")
+        if "\n\n" in text or not text.strip():
+            raise ValueError(f"an ESL command may not contain a blank line: {text!r}")
         return self._conn().command(text, _TEXT if errcheck else _TEXT_NOCHECK)
 
     async def bgapi(self, cmd: str, job_uuid: str | None = None) -> Job:
         """Send ``bgapi <cmd>`` with our own ``Job-UUID`` header; return its Job once
         FreeSWITCH accepted it (CommandError if refused). ``await job`` (or
         ``job.future``) gives the result body when the BACKGROUND_JOB arrives."""
+        if "\n" in cmd:
+            raise ValueError(f"a bgapi command is one line: {cmd!r}")
         proto = self._conn()
         ju = job_uuid or self.uuid_func()
         job = Job(ju, None, _time(), self.loop)
@@ -758,8 +766,11 @@ class Client:
         kwargs.setdefault("var_prefix", self.var_prefix)
         if self.correlation == "caller_id":
             kwargs.setdefault("origination_caller_id_number", "{call_index}")
-        self._orig_cmd = build_originate_cmd(dest_url, **kwargs)
-        return self._orig_cmd
+        template = build_originate_cmd(dest_url, **kwargs)
+        if "\n" in template:
+            raise ConfigurationError(f"the originate command must be one line: {template!r}")
+        self._orig_cmd = template
+        return template
 
     @property
     def originate_cmd(self) -> str | None:

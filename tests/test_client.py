@@ -168,6 +168,13 @@ async def test_api_error_raw_and_nocheck():
         assert body == "-ERR nosuchcommand Command not found!\n"
         frame = await c.api("global_getvar local_ip_v4", raw=True)
         assert isinstance(frame, Frame) and frame.body == b"127.0.0.1"
+        # a command that would be two on the wire is refused (it would shift the FIFO)
+        with pytest.raises(ValueError):
+            c.api("status\n\nbgapi status")
+        with pytest.raises(ValueError):
+            c.cmd("event plain ALL\n\nnoevents")
+        with pytest.raises(ValueError):
+            await c.bgapi("status\napi status")
         # replies are matched FIFO even when several commands are in flight
         futs = [c.api("a"), c.api("nosuch"), c.api("b")]
         res = await asyncio.gather(*futs, return_exceptions=True)
