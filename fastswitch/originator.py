@@ -161,7 +161,7 @@ class Originator:
         run_dir: str | os.PathLike | None = None,
         connect_timeout: float = 5.0,
         restart: bool = True,
-        heartbeat_timeout: float = 1.0,
+        heartbeat_timeout: float = 2.0,
         event_format: str = "plain",
         monitor_period: float = 0.1,
         **worker_options: Any,
@@ -947,7 +947,8 @@ def get_originator(
     pairs (default port 8021, password ``password``). Keyword settings: ``rate`` (30),
     ``limit`` (1), ``max_sessions`` (inf), ``duration`` (auto), ``run_dir``,
     ``connect_timeout`` (5 s), ``restart`` (True: restart dead workers),
-    ``heartbeat_timeout`` (1 s), ``event_format`` ('plain'). Raises ConnectError /
+    ``heartbeat_timeout`` (2 s: an alive worker whose loop
+    stalls that long loses its share until it recovers; 5x that and it is killed), ``event_format`` ('plain'). Raises ConnectError /
     AuthenticationError naming the slave when one cannot be used.
     """
     ensure_default_handler()

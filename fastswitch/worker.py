@@ -103,6 +103,7 @@ class Worker:
         self.completed = 0
         self.remote_active = 0
         self.has_cmd = False
+        self.max_gap = 0.0
         self.cdr_writer: Any = None
         self.counter_writer: Any = None
         # rate clock
@@ -254,6 +255,7 @@ class Worker:
                 "sessions": self.listener.active_sessions,
                 "tracked_calls": self.listener.active_calls,
                 "failed_jobs": dict(self.listener.failed_jobs),
+                "max_heartbeat_gap": self.max_gap,
             }
         if kind == "shutdown":
             return None
@@ -364,7 +366,11 @@ class Worker:
     # -- periodic ------------------------------------------------------------------------------
     def _heartbeat(self) -> None:
         d, b = self.d, self.b
-        d[b + C.W_HEARTBEAT] = time.monotonic()
+        now = time.monotonic()
+        gap = now - d[b + C.W_HEARTBEAT]
+        if gap > self.max_gap:
+            self.max_gap = gap  # the longest the loop went without a heartbeat
+        d[b + C.W_HEARTBEAT] = now
         d[b + C.W_ACTIVE] = self.active
         d[b + C.W_SESSIONS] = self.listener.active_sessions
         d[b + C.W_ORIGINATED] = self.originated
