@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fastswitch.commands import ORIGINATING_SESSION_VAR, client_var
-from fastswitch.models import Call, Job, Session
+from fastswitch.models import _NO_VARS, Call, Job, Session
 
 if TYPE_CHECKING:
     from fastswitch.esl import Event
@@ -161,11 +161,9 @@ class CallTracker:
             self._on_job(ev, now)
             return
         uuid = ev.unique_id
-        if uuid is None:
-            return
-        sess = self.sessions.get(uuid)
+        sess = self.sessions.get(uuid)  # type: ignore[arg-type]
         if sess is None:
-            if name != "CHANNEL_CREATE" and name != "CHANNEL_ORIGINATE":
+            if uuid is None or (name != "CHANNEL_CREATE" and name != "CHANNEL_ORIGINATE"):
                 return
             sess = self._new_session(uuid, ev, now)
             if sess is None:
@@ -173,7 +171,9 @@ class CallTracker:
             if name == "CHANNEL_ORIGINATE":
                 self._on_originate(sess, ev, now)
         else:
-            sess.update(ev)
+            sess.last_event = ev  # Session.update, inlined (one Event-Name read per event)
+            if name not in _NO_VARS:
+                sess.var_event = ev
             h = self._handlers.get(name)
             if h is not None:
                 h(sess, ev, now)
