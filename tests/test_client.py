@@ -293,6 +293,31 @@ async def test_sendmsg_wire_format_matches_capture(captures_dir):
         await c.close()
 
 
+@run
+async def test_hupall_commands_match_capture(captures_dir):
+    o = ReplayServer(captures_dir / "o_hupall_by_var")
+    accepted = {o.expected(i) for i in range(len(o.sends))}
+    async with ok_server() as srv:
+        c = await Client(port=srv.port, reconnect=False).connect()
+
+        class App:
+            pass
+
+        c.load_app(App, "app1")
+        c.load_app(App, "app2")
+        n = len(srv.received)
+        await c.hupall()
+        sent = srv.received[n:]
+        assert sent == [
+            b"api hupall NORMAL_CLEARING fastswitch_client app1",
+            b"api hupall NORMAL_CLEARING sip_h_X-fastswitch_client app1",
+            b"api hupall NORMAL_CLEARING fastswitch_client app2",
+            b"api hupall NORMAL_CLEARING sip_h_X-fastswitch_client app2",
+        ]
+        assert sent[0] in accepted and sent[3] in accepted  # the forms FS accepted in o
+        await c.close()
+
+
 # -- subscriptions and filters -------------------------------------------------------------------
 class BertLike:
     @event_callback("CHANNEL_PARK")

@@ -419,3 +419,43 @@ async def test_session_variable_media_and_park_commands(sim_server):
     await until(lambda: done)
     assert done == [call] and call.caller.hangup_cause == "NORMAL_CLEARING"
     await c.close()
+
+
+class Chain:
+    """An app that originates its own follow-up calls (switchio#61)."""
+
+    def prepost(self, client, listener, follow_ups=2):
+        self.client = client
+        self.left = follow_ups
+        self.completed = []
+        listener.call_complete_hooks.append(self.on_complete)
+        yield
+        listener.call_complete_hooks.remove(self.on_complete)
+
+    def on_complete(self, call):
+        if call.app_id != "chain":
+            return
+        self.completed.append(call)
+        if self.left:
+            self.left -= 1
+            self.client.originate(app_id="chain")
+
+    @event_callback("CHANNEL_PARK")
+    def on_park(self, sess):
+        if sess.is_outbound():
+            sess.hangup()
+
+
+@run
+async def test_an_app_originates_further_calls(sim_server):
+    c = client_for(sim_server)
+    app = Chain()
+    c.load_app(app, "chain", ppkwargs={"follow_ups": 2})
+    await c.connect()
+    c.set_orig_cmd(sip_dest(sim_server))
+    c.originate(app_id="chain")
+    await until(lambda: len(app.completed) == 3)
+    assert c.listener.originated_calls == 3 and len({x.uuid for x in app.completed}) == 3
+    assert all(x.callee is not None and not x.failed for x in app.completed)
+    await c.close()  # unloads the app: its teardown removes the hook
+    assert app.on_complete not in c.listener.call_complete_hooks
