@@ -40,7 +40,6 @@ import logging
 import math
 import os
 import time
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -690,8 +689,8 @@ def _f64(table: pa.Table, name: str) -> np.ndarray:
 
 def call_metrics_arrays(
     table: pa.Table, window: int = AVG_RATE_WINDOW, rate_clip: float = CALL_RATE_CLIP
-) -> dict[str, np.ndarray | list]:
-    """The :func:`call_metrics` columns as numpy arrays (strings as lists); see there."""
+) -> dict[str, np.ndarray | pa.ChunkedArray]:
+    """The :func:`call_metrics` columns as numpy arrays (strings as Arrow columns); see there."""
     n = table.num_rows
     caller_create = _f64(table, "caller_create")
     caller_answer = _f64(table, "caller_answer")
@@ -734,11 +733,11 @@ def call_metrics_arrays(
             k1 = np.arange(1, sel_all.size + 1)
             sfr[sel_all] = np.cumsum(failed[sel_all]) / k1
             asr[sel_all] = np.cumsum(~np.isnan(caller_answer[sel_all])) / k1
-        out: dict[str, np.ndarray | list] = {
-            "call_uuid": table.column("call_uuid").to_pylist(),
-            "fastswitch_app": table.column("fastswitch_app").to_pylist(),
-            "slave": table.column("slave").to_pylist(),
-            "hangup_cause": table.column("hangup_cause").to_pylist(),
+        out: dict[str, np.ndarray | pa.ChunkedArray] = {
+            "call_uuid": table.column("call_uuid"),
+            "fastswitch_app": table.column("fastswitch_app"),
+            "slave": table.column("slave"),
+            "hangup_cause": table.column("hangup_cause"),
             "failed": failed,
             "caller_create": caller_create,
             "invite_latency": callee_create - caller_create,
@@ -797,13 +796,13 @@ def call_metrics(
     arrays = []
     for name in CALL_METRICS_COLUMNS:
         v = cols[name]
-        if isinstance(v, list):
-            arrays.append(pa.array(v, type=pa.string()))
+        if isinstance(v, pa.ChunkedArray):
+            arrays.append(v)
         elif v.dtype == bool:
             arrays.append(pa.array(v, type=pa.bool_()))
         else:
             arrays.append(pa.array(v, type=pa.float64(), from_pandas=True))
-    return pa.Table.from_arrays(arrays, names=list(CALL_METRICS_COLUMNS))
+    return pa.Table.from_arrays(arrays, names=list(CALL_METRICS_COLUMNS)).combine_chunks()
 
 
 def _percentiles(values: np.ndarray) -> dict[str, float | int | None]:
@@ -840,6 +839,29 @@ def _max_concurrent(start: np.ndarray, end: np.ndarray) -> int:
     return int(np.cumsum(steps[order]).max())
 
 
+def _bools(arr: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _value_counts(col: pa.ChunkedArray) -> dict[str, int]:
+    """``{value: count}`` of the non-null values, most common first (ties by value)."""
+    vc = pc.value_counts(col.drop_null()).to_pylist()
+    pairs = sorted(((d["values"], d["counts"]) for d in vc), key=lambda p: (-p[1], str(p[0])))
+    return {str(v): int(c) for v, c in pairs}
+
+
+def _group_rows_by(col: pa.ChunkedArray) -> dict[str, np.ndarray]:
+    """``{value: row indices}`` of a string column (null grouped as ``''``)."""
+    if len(col) == 0:
+        return {}
+    enc = pc.dictionary_encode(pc.fill_null(col, "").combine_chunks())
+    codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    names = enc.dictionary.to_pylist()
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
+    return {str(names[k]): order[bounds[k] : bounds[k + 1]] for k in range(len(names))}
+
+
 def _group_summary(
     m: dict, rows: np.ndarray, answered: np.ndarray, lost: np.ndarray
 ) -> dict[str, Any]:
@@ -850,6 +872,26 @@ def _group_summary(
         "lost": int(lost[rows].sum()),
         "latency": {name: _percentiles(m[name][rows]) for name in _LATENCIES},
     }
+
+
+def _counter_sums(counters: pa.Table, name: str, at: np.ndarray) -> np.ndarray:
+    """For each time in ``at``: the sum over workers of each worker's latest sample of
+    counter ``name`` at or before that time (NaN where no worker has a sample yet).
+    O((samples + len(at)) log samples)."""
+    out = np.full(at.shape, np.nan)
+    if counters.num_rows == 0:
+        return out
+    t = _f64(counters, "time")
+    v = _f64(counters, name)
+    w = np.asarray(counters.column("worker").to_numpy(zero_copy_only=False))
+    for worker in np.unique(w):
+        sel = np.flatnonzero(w == worker)
+        order = sel[np.argsort(t[sel], kind="stable")]
+        idx = np.searchsorted(t[order], at, side="right") - 1
+        have = idx >= 0
+        vals = np.where(have, v[order][np.maximum(idx, 0)], 0.0)
+        out = np.where(have, np.where(np.isnan(out), 0.0, out) + vals, out)
+    return out
 
 
 # A counter target at or above this is "unlimited" (workers write 2**53 for an infinite limit).
@@ -889,23 +931,17 @@ def summarize(
     settings = settings or {}
     m = call_metrics_arrays(table)
     n = table.num_rows
-    kind = table.column("row_kind").to_pylist()
-    is_call = np.array([k != "callee" for k in kind], dtype=bool) if n else np.zeros(0, bool)
-    lost_col = table.column("lost").to_pylist()
-    lost = np.array([x is not None for x in lost_col], dtype=bool) if n else np.zeros(0, bool)
+    is_call = _bools(pc.fill_null(pc.not_equal(table.column("row_kind"), "callee"), True))
+    lost = _bools(pc.is_valid(table.column("lost")))
     caller_answer = _f64(table, "caller_answer")
     # Answered: the caller leg answered (a callee-only row: its B-leg answered).
     answered = np.where(is_call, ~np.isnan(caller_answer), ~np.isnan(_f64(table, "callee_answer")))
     failed = m["failed"]
-    causes = m["hangup_cause"]
-    verdicts = table.column("app_verdict").to_pylist()
     call_rows = np.flatnonzero(is_call)
-
-    failed_by_cause = Counter(
-        causes[i] if causes[i] is not None else "UNKNOWN" for i in call_rows if failed[i]
-    )
-    failed_by_verdict = Counter(verdicts[i] for i in call_rows if failed[i] and verdicts[i])
-    lost_by_reason = Counter(lost_col[i] for i in call_rows if lost[i])
+    failed_calls = table.filter(pa.array(is_call & failed))
+    failed_by_cause = _value_counts(pc.fill_null(failed_calls.column("hangup_cause"), "UNKNOWN"))
+    failed_by_verdict = _value_counts(failed_calls.column("app_verdict"))
+    lost_by_reason = _value_counts(table.filter(pa.array(is_call & lost)).column("lost"))
 
     create = m["caller_create"][call_rows]
     finite_create = create[np.isfinite(create)]
@@ -913,31 +949,19 @@ def summarize(
     end = float(finite_create.max()) if finite_create.size else None
     span = (end - start) if start is not None else 0.0
 
-    # Targets: the settings log first, else the workers' counters.
+    # Targets: the workers' counters first, else the settings log.
     ctr = counters if counters is not None else COUNTER_SCHEMA.empty_table()
-    ct = _f64(ctr, "time")
-    cw = np.asarray(ctr.column("worker").to_numpy(zero_copy_only=False))
 
-    def counter_sum_at(name: str, t: float) -> float | None:
-        if ct.size == 0:
-            return None
-        vals = _f64(ctr, name)
-        total, any_ = 0.0, False
-        for w in np.unique(cw):
-            mask = (cw == w) & (ct <= t)
-            if mask.any():
-                total += vals[np.flatnonzero(mask)[-1]]
-                any_ = True
-        return total if any_ else None
-
-    def target_at(setting: str, counter: str, t: float):
-        v = counter_sum_at(counter, t)
-        if v is None:
-            v = settings_value_at(settings, setting, t)
+    def target(setting: str, summed: float, t: float):
+        """The counters' sum if there is one, else the setting; None for 'no limit'."""
+        v = settings_value_at(settings, setting, t) if np.isnan(summed) else float(summed)
         if isinstance(v, int | float) and not isinstance(v, bool):
             if not math.isfinite(v) or v >= _UNLIMITED:
-                return None  # no limit
+                return None
         return v
+
+    def target_at(setting: str, counter: str, t: float):
+        return target(setting, _counter_sums(ctr, counter, np.array([t]))[0], t)
 
     over_time = []
     if start is not None:
@@ -945,14 +969,11 @@ def summarize(
         counts = np.bincount(
             np.minimum((finite_create - start).astype(np.int64), nbins - 1), minlength=nbins
         )
+        mids = start + np.arange(nbins) + 0.5
+        sums = _counter_sums(ctr, "rate_target", mids)
         for k in range(nbins):
-            over_time.append(
-                {
-                    "t": k,
-                    "achieved": int(counts[k]),
-                    "target": target_at("rate", "rate_target", start + k + 0.5),
-                }
-            )
+            tgt = target("rate", sums[k], float(mids[k]))
+            over_time.append({"t": k, "achieved": int(counts[k]), "target": tgt})
     last_t = end if end is not None else math.inf
     rate_target = target_at("rate", "rate_target", last_t)
     limit_target = target_at("limit", "limit_target", last_t)
@@ -962,31 +983,24 @@ def summarize(
     )
     max_active = _max_concurrent(m["caller_create"][call_rows], hang[call_rows])
     max_active_counters = None
-    if ct.size:
-        ac = _f64(ctr, "active_calls")
-        per_sec: dict[int, dict] = {}
-        for t, w, a in zip(ct, cw, ac, strict=True):
-            per_sec.setdefault(int(t), {})[w] = a
-        max_active_counters = int(max(sum(d.values()) for d in per_sec.values()))
+    if ctr.num_rows:
+        sums = _counter_sums(ctr, "active_calls", np.unique(_f64(ctr, "time")))
+        max_active_counters = int(np.nanmax(sums))
 
     def groups(col: str) -> dict[str, dict]:
-        vals = table.column(col).to_pylist()
-        names: dict = {}
-        for i, v in enumerate(vals):
-            names.setdefault(v if v is not None else "", []).append(i)
         return {
-            str(k): _group_summary(m, np.asarray(idx, dtype=np.int64), answered, lost)
-            for k, idx in sorted(names.items(), key=lambda kv: str(kv[0]))
+            name: _group_summary(m, idx, answered, lost)
+            for name, idx in sorted(_group_rows_by(table.column(col)).items())
         }
 
     return {
         "offered": int(call_rows.size),
         "answered": int(answered[call_rows].sum()),
         "failed": int(failed[call_rows].sum()),
-        "failed_by_cause": dict(failed_by_cause.most_common()),
-        "failed_by_verdict": dict(failed_by_verdict.most_common()),
+        "failed_by_cause": failed_by_cause,
+        "failed_by_verdict": failed_by_verdict,
         "lost": int(lost[call_rows].sum()),
-        "lost_by_reason": dict(lost_by_reason.most_common()),
+        "lost_by_reason": lost_by_reason,
         "callee_only": int(n - call_rows.size),
         "start": start,
         "end": end,
@@ -1103,6 +1117,18 @@ def format_summary(summary: Mapping[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+#: Per-call series are thinned to at most this many points in plots (evenly spaced calls).
+PLOT_MAX_POINTS = 20_000
+
+
+def _thin(mask: np.ndarray, limit: int = PLOT_MAX_POINTS) -> np.ndarray:
+    """Indices of the True entries of ``mask``, every k-th one so that at most ``limit``."""
+    idx = np.flatnonzero(mask)
+    if idx.size > limit:
+        idx = idx[:: -(-idx.size // limit)]
+    return idx
+
+
 def plot_run(run: Run, path: str | os.PathLike | None = None):
     """A matplotlib Figure of the run, three panels against seconds since the first call:
 
@@ -1111,7 +1137,8 @@ def plot_run(run: Run, path: str | os.PathLike | None = None):
        else the CDR columns) and cumulative failed calls;
     3. call rate (per-second offered calls, and ``avg_call_rate``) with the target rate.
 
-    Uses the Agg canvas directly (no pyplot, no global backend change). Saved as PNG to
+    Per-call series of big runs are thinned to :data:`PLOT_MAX_POINTS` evenly spaced calls
+    (a scatter of more is not more readable, only slower). Uses the Agg canvas directly (no pyplot, no global backend change). Saved as PNG to
     ``path`` when given. Raises ImportError when matplotlib is not installed.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -1128,37 +1155,27 @@ def plot_run(run: Run, path: str | os.PathLike | None = None):
     ax1, ax2, ax3 = fig.subplots(3, 1, sharex=True)
     for name in _LATENCIES:
         y = m[name] * 1000.0
-        ok = np.isfinite(x) & np.isfinite(y)
-        if ok.any():
+        ok = _thin(np.isfinite(x) & np.isfinite(y))
+        if ok.size:
             ax1.plot(x[ok], y[ok], ".", markersize=2, label=name)
     ax1.set_ylabel("latency (ms)")
     ax1.set_title(f"fastswitch run {Path(run.run_dir).name}" if run.run_dir else "fastswitch run")
 
     ctr = run.counters_table
     if ctr.num_rows:
-        ct = _f64(ctr, "time")
-        secs = np.floor(ct - t0)
-        uniq = np.unique(secs)
-        cw = np.asarray(ctr.column("worker").to_numpy(zero_copy_only=False))
+        times = np.unique(_f64(ctr, "time"))
         for col, label in (("active_sessions", "active_sessions"), ("active_calls", "erlangs")):
-            vals = _f64(ctr, col)
-            latest: dict = {}
-            ys = []
-            for s_ in uniq:
-                for i in np.flatnonzero(secs == s_):
-                    latest[cw[i]] = vals[i]
-                ys.append(sum(latest.values()))
-            ax2.step(uniq, ys, where="post", label=label)
+            ax2.step(times - t0, _counter_sums(ctr, col, times), where="post", label=label)
     else:
         for col in ("active_sessions", "erlangs"):
-            ok = np.isfinite(x) & np.isfinite(m[col])
+            ok = _thin(np.isfinite(x) & np.isfinite(m[col]))
             ax2.plot(x[ok], m[col][ok], ".", markersize=2, label=col)
     ok = np.isfinite(x)
     if ok.any():
         order = np.argsort(x[ok], kind="stable")
-        ax2.step(
-            x[ok][order], np.cumsum(m["failed"][ok][order]), where="post", label="failed_calls"
-        )
+        xs, fs = x[ok][order], np.cumsum(m["failed"][ok][order])
+        keep = _thin(np.ones(xs.size, dtype=bool))
+        ax2.step(xs[keep], fs[keep], where="post", label="failed_calls")
     ax2.set_ylabel("calls")
 
     ot = summ["rate"]["over_time"]
@@ -1178,8 +1195,8 @@ def plot_run(run: Run, path: str | os.PathLike | None = None):
                 linestyle="--",
                 label="target rate",
             )
-    ok = np.isfinite(x) & np.isfinite(m["avg_call_rate"])
-    if ok.any():
+    ok = _thin(np.isfinite(x) & np.isfinite(m["avg_call_rate"]))
+    if ok.size:
         ax3.plot(x[ok], m["avg_call_rate"][ok], label="avg_call_rate")
     ax3.set_ylabel("calls/s")
     ax3.set_xlabel("seconds since the first call")
