@@ -62,6 +62,10 @@ DURATION_OFFSET = 10
 #: Extra keyword options passed through to the workers.
 _WORKER_OPTIONS = frozenset({"client_options", "log_level", "log_max_per_sec", "reconnect"})
 
+#: Monitor ticks of lag before a worker counts as at capacity, and of calm to recover.
+_CAPACITY_TICKS = 3
+_RECOVER_TICKS = 20
+
 _live: weakref.WeakSet[Originator] = weakref.WeakSet()
 
 
@@ -202,6 +206,7 @@ class Originator:
         self._max_alloc: list[float] = [math.inf] * len(contacts)
         self._max_pool = 0.0  # max_sessions share not held by any worker yet
         self._weights: list[float] = [0.0] * len(contacts)
+        self._capacity: list[int] = [0] * len(contacts)  # see _watch_capacity
 
         from fastswitch.measure import SettingsLog, new_run_dir
 
@@ -304,6 +309,7 @@ class Originator:
         if not math.isinf(unused) and unused > 0:
             self._max_pool += unused  # handed to the survivors by _rebalance
         self._max_alloc[i] = 0.0
+        self._capacity[i] = 0
         cb.put(i, C.W_MAX, 0.0)
         cb.put(i, C.W_RATE, 0.0)
         cb.put(i, C.W_LIMIT, 0.0)
@@ -395,6 +401,7 @@ class Originator:
                     self._dead.discard(i)
                 self.log.info("worker for %s:%d restarted", h.host, h.port)
                 changed = True
+        self._watch_capacity()
         self._rebalance(force=changed)
         self._check_progress()
 
@@ -421,11 +428,33 @@ class Originator:
             ):
                 out.append(0.0)
                 continue
-            rate_i = cb.get(i, C.W_RATE)
-            lag = cb.get(i, C.W_BACKLOG)
-            # a worker more than half a second behind its rate is at capacity
-            out.append(0.5 if rate_i > 0 and lag > max(rate_i * 0.5, 10) else 1.0)
+            out.append(0.5 if self._capacity[i] >= _CAPACITY_TICKS else 1.0)
         return out
+
+    def _watch_capacity(self) -> None:
+        """A worker more than half a second behind its rate for ``_CAPACITY_TICKS``
+        monitor ticks in a row is at capacity (its weight halves); it recovers after
+        ``_RECOVER_TICKS`` ticks without lag. The hysteresis keeps shares from flapping."""
+        cb = self._cb
+        for h in self.pool.clients:
+            i = h.index
+            rate_i = cb.get(i, C.W_RATE)
+            lagging = rate_i > 0 and cb.get(i, C.W_BACKLOG) > max(rate_i * 0.5, 10)
+            n = self._capacity[i]
+            if lagging:
+                n = _CAPACITY_TICKS + _RECOVER_TICKS if n >= _CAPACITY_TICKS else n + 1
+                if n == _CAPACITY_TICKS:
+                    self.log.warning(
+                        "%s:%d is at capacity; moving part of its share", h.host, h.port
+                    )
+            elif n >= _CAPACITY_TICKS:
+                n -= 1
+                if n < _CAPACITY_TICKS:
+                    n = 0
+                    self.log.info("%s:%d keeps up again", h.host, h.port)
+            else:
+                n = 0
+            self._capacity[i] = n
 
     def _rebalance(self, force: bool = False) -> None:
         """Split rate, limit and max_sessions over the workers by weight.

@@ -258,7 +258,11 @@ def test_worker_killed_is_detected_and_restarted(slaves, make, caplog):
     assert wait_for(lambda: o._cb.counters(0)["originated"] >= 10, 10)
     assert o.total_originated_sessions > before
     assert o.state == "ORIGINATING"
-    o.stop()
+    # hard_hupall: stop and clear every channel on every slave
+    o.hard_hupall()
+    assert o.state == "STOPPED"
+    assert wait_for(lambda: o.count_calls() == 0, 15)
+    assert all(c.api("show channels count").strip() == "0 total." for c in o.pool.clients)
 
 
 def test_app_defined_in_a_function_ships_by_value(slaves, make):
