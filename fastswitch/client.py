@@ -374,6 +374,8 @@ class Client:
         Raises :class:`ConnectError` (refused, unreachable, timed out) or
         :class:`AuthenticationError`, both naming ``host:port``.
         """
+        if self.connected:
+            return self
         if self.loop is None:
             self.loop = asyncio.get_running_loop()
         self._closing = False

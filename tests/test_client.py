@@ -129,6 +129,8 @@ async def test_userauth():
         c = Client(port=srv.port, user="load@example.com", password="s3cret", reconnect=False)
         await c.connect()
         assert srv.received[0] == b"userauth load@example.com:s3cret"
+        await c.connect()  # already connected: no second connection
+        assert srv.connections == 1 and c.connections == 1
         await c.close()
 
 
