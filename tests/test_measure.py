@@ -812,3 +812,57 @@ def test_analysis_without_pandas_gives_lists_of_lists(tmp_path):
         m0["call_setup_latency"], 0.007, abs_tol=1e-6
     )
     assert res["offered"] == 3 and res["stores_n"] == 3
+
+
+# -- edges ------------------------------------------------------------------------------------
+
+
+def test_restarted_worker_files_are_read_too(tmp_path):
+    """A restarted worker writes cdr-<i>r<n>.arrows next to its first file."""
+    write_cdr(cdr_path(tmp_path, 0), [make_row(0), make_row(2)])
+    write_cdr(tmp_path / "cdr-0r2.arrows", [make_row(1)])
+    with CounterWriter(tmp_path / "counters-0r2.arrows", worker=0) as cw:
+        cw.append((T0, 1, 1, 0, 1, 2, 5.0, 10.0))
+    run = load_run(tmp_path)
+    assert run.cdr_table.column("call_uuid").to_pylist() == ["a-000000", "a-000001", "a-000002"]
+    assert run.counters_table.num_rows == 1
+
+
+def test_counter_sums_take_each_workers_latest_sample():
+    ctr = pa.table(
+        {
+            "time": [1.0, 2.0, 1.5, 3.0],
+            "worker": [0, 0, 1, 1],
+            "offered": [0, 0, 0, 0],
+            "answered": [0, 0, 0, 0],
+            "failed": [0, 0, 0, 0],
+            "active_calls": [10, 20, 1, 2],
+            "active_sessions": [0, 0, 0, 0],
+            "rate_target": [0.0] * 4,
+            "limit_target": [0.0] * 4,
+        },
+        schema=COUNTER_SCHEMA,
+    )
+    got = measure._counter_sums(ctr, "active_calls", np.array([0.5, 1.0, 1.6, 2.5, 9.0]))
+    assert np.isnan(got[0])
+    assert got[1:].tolist() == [10.0, 11.0, 21.0, 22.0]
+
+
+def test_thin_keeps_at_most_limit_evenly_spaced_points():
+    mask = np.zeros(1000, dtype=bool)
+    mask[::2] = True  # 500 candidates
+    idx = measure._thin(mask, limit=120)
+    assert 0 < len(idx) <= 120 and idx[0] == 0 and mask[idx].all()
+    assert len(set(np.diff(idx))) == 1  # one stride
+    assert measure._thin(mask, limit=1000).tolist() == np.flatnonzero(mask).tolist()
+
+
+def test_empty_run_plots_and_reports(tmp_path):
+    CDRWriter(cdr_path(tmp_path, 0)).close()
+    run = load_run(tmp_path)
+    assert len(run.cdr) == 0 and len(run.call_metrics) == 0
+    fig = run.plot(tmp_path / "empty.png")
+    assert len(fig.axes) == 3 and (tmp_path / "empty.png").read_bytes()[:4] == b"\x89PNG"
+    page = report_html(run, tmp_path / "empty.html").read_text()
+    assert "offered" in page and "data:image/png;base64," in page
+    assert "offered" in format_summary(run.summary())
