@@ -22,6 +22,7 @@ import asyncio
 import itertools
 import logging
 import math
+import re
 import time
 import uuid as _uuid
 from collections import deque
@@ -297,6 +298,13 @@ class Client:
     ) -> None:
         if event_format not in ("plain", "json"):
             raise ValueError("event_format must be 'plain' or 'json'")
+        if call_filter and correlation == "caller_id" and not cid_prefix:
+            log.warning(
+                "%s:%s: call_filter with caller-id correlation needs a cid_prefix, else B-legs "
+                "without X- headers are filtered out",
+                host,
+                port,
+            )
         self.host = host
         self.port = int(port)
         self.addr = f"{host}:{self.port}"
@@ -497,6 +505,9 @@ class Client:
         for app_id in self.listener.app_ids:
             out.add((f"variable_{cvar}", app_id))
             out.add((f"variable_sip_h_X-{cvar}", app_id))
+        if self.correlation == "caller_id" and self.cid_prefix:
+            # B-legs whose X- headers the SUT stripped: match the call index (a PCRE filter)
+            out.add(("Caller-Caller-ID-Number", f"/^{re.escape(self.cid_prefix)}/"))
         for n in names:
             if "::" in n:
                 out.add(("Event-Subclass", n))

@@ -373,6 +373,21 @@ async def test_minimal_subscription_and_call_filters():
 
 
 @run
+async def test_caller_id_correlation_filter():
+    async with ok_server() as srv:
+        c = Client(
+            port=srv.port,
+            reconnect=False,
+            call_filter=True,
+            correlation="caller_id",
+            cid_prefix="99",
+        )
+        await c.connect()
+        assert b"filter Caller-Caller-ID-Number /^99/" in srv.received
+        await c.close()
+
+
+@run
 async def test_filter_commands_match_capture(captures_dir):
     p = ReplayServer(captures_dir / "p_filters")
     async with ok_server() as srv:
