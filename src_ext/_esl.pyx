@@ -17,7 +17,8 @@ from collections.abc import Mapping
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdlib cimport free, malloc, realloc
-from libc.string cimport memchr, memcmp
+from libc.stdint cimport uint64_t
+from libc.string cimport memchr, memcmp, memcpy
 
 from fastswitch import _pyesl
 from fastswitch._pyesl import _digits, _int_field, _split_array
@@ -123,6 +124,26 @@ cdef str _decode(const char* s, Py_ssize_t n):
         if out != small:
             free(out)
     return res
+
+
+cdef inline Py_ssize_t _colon_or_nl(const char* p, Py_ssize_t i, Py_ssize_t end) noexcept nogil:
+    """Index of the first ':' or '\\n' in p[i:end] (end when none), 8 bytes at a time."""
+    cdef uint64_t w, x, y, m
+    cdef char ch
+    while i + 8 <= end:
+        memcpy(&w, p + i, 8)
+        x = w ^ 0x3a3a3a3a3a3a3a3aULL
+        y = w ^ 0x0a0a0a0a0a0a0a0aULL
+        m = (((x - 0x0101010101010101ULL) & ~x) | ((y - 0x0101010101010101ULL) & ~y))
+        if m & 0x8080808080808080ULL:
+            break  # one of these 8 bytes is ':' or '\\n'
+        i += 8
+    while i < end:
+        ch = p[i]
+        if ch == 58 or ch == 10:
+            return i
+        i += 1
+    return end
 
 
 cdef inline Py_ssize_t _find_nl(const char* p, Py_ssize_t start, Py_ssize_t end) noexcept nogil:
@@ -267,19 +288,11 @@ cdef class Event:
                 self._after = pos + 2
                 break
             # the name runs to the first ':' (a line without one is skipped)
-            q = pos
-            c = -1
-            while q < be:
-                ch = p[q]
-                if ch == 58:
-                    c = q
-                    break
-                if ch == 10:
-                    break
-                q += 1
-            if c < 0:
+            q = _colon_or_nl(p, pos, be)
+            if q == be or p[q] == 10:  # no ':' on this line: skipped
                 pos = q + 1
                 continue
+            c = q
             r = <const char*>memchr(p + c + 1, 10, be - c - 1)
             ve = be if r == NULL else r - p
             q = ve
