@@ -787,6 +787,23 @@ class Originator:
             "sessions": self.count_sessions(),
         }
 
+    def slave_stats(self) -> list[dict[str, Any]]:
+        """Live counters of each slave's current worker, in contact order (``slave``,
+        ``alive``, ``originated``, ``answered``, ``failed``, ``active``, ``sessions``,
+        ``pending``, ``completed``, ``rate`` and ``limit`` shares)."""
+        out = []
+        for h in self.pool.clients:
+            i = h.index
+            row: dict[str, Any] = {"slave": f"{h.host}:{h.port}", "alive": h.is_alive()}
+            if self._closed or i in self._dead:
+                row.update(dict.fromkeys(C.COUNTER_FIELDS, 0), rate=0.0, limit=0.0)
+            else:
+                row.update({k: int(v) for k, v in self._cb.counters(i).items()})
+                row["rate"] = self._cb.get(i, C.W_RATE)
+                row["limit"] = self._cb.get(i, C.W_LIMIT)
+            out.append(row)
+        return out
+
     @property
     def failures(self) -> dict[str, int]:
         """Failed calls by hangup cause (originate ``-ERR <CAUSE>`` or hangup before answer)."""

@@ -329,3 +329,58 @@ def test_unreachable_and_bad_password_name_the_slave(slaves, tmp_path):
         get_originator([(host, port)], password="WrongPassword", run_dir=tmp_path / "b")
     # the failed constructions released their control blocks
     assert _our_blocks() - before == set()
+
+
+SCRIPT = """
+import sys
+from fastswitch import get_originator
+from fastswitch.apps import event_callback
+
+
+class Reject:  # lives in __main__: the workers get it by value
+    @event_callback("CHANNEL_PARK")
+    def on_park(self, sess):
+        if sess.direction == "inbound":
+            sess.respond(486)
+
+
+# no `if __name__ == "__main__":` guard on purpose
+host, port, dest, run_dir = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+o = get_originator([(host, port)], rate=20, limit=5, max_sessions=4, run_dir=run_dir)
+o.pool.clients[0].set_orig_cmd(dest)
+o.load_app(Reject)
+o.start()
+assert o.waitforstate("STOPPED", timeout=20)
+assert o.waitwhile(timeout=20)
+print("FAILURES", sorted(o.failures.items()))
+# no shutdown(): the interpreter's exit must clean up
+"""
+
+
+def test_script_app_in_main_without_guard(slaves, tmp_path):
+    import subprocess
+    import sys
+
+    (s0, c0), _, _ = slaves
+    script = tmp_path / "dial.py"
+    script.write_text(SCRIPT)
+    before = _our_blocks()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            *map(str, s0.address),
+            _dest(c0, "ctl"),
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "FAILURES [('USER_BUSY', 4)]" in proc.stdout
+    # the seed-format log lines of the script reached its stderr
+    assert "[INFO] fastswitch.Originator@['127.0.0.1'] originator.py:" in proc.stderr
+    assert _our_blocks() - before == set()
