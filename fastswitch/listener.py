@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fastswitch.commands import ORIGINATING_SESSION_VAR, client_var
+from fastswitch.errors import CommandError, ConnectionLost
 from fastswitch.models import _NO_VARS, Call, Job, Session
 
 if TYPE_CHECKING:
@@ -298,18 +299,19 @@ class CallTracker:
             if job.failed or call.sessions:
                 self._complete(call)
 
-    def _job_failed(self, job: Job) -> None:
-        cause = job.cause or "UNKNOWN"
+    def _job_failed(self, job: Job, text: str | None = None) -> None:
+        """Count a failed job by cause, mark its call failed, log it in the seed's words
+        and run ``job_failed_hooks``."""
+        text = text or (job.result or "").strip()
+        cause = (text[4:].strip() if text.startswith("-ERR") else text) or "UNKNOWN"
         self.failed_jobs[cause] = self.failed_jobs.get(cause, 0) + 1
         call = job.call
         if call is not None and not call.failed:
             call.failed = True
-            self.failed_calls += 1
+            if not call.remote:
+                self.failed_calls += 1
         self.log.error(
-            "Job '%s' corresponding to session '%s' failed with:\n%s",
-            job.uuid,
-            job.sess_uuid,
-            (job.result or "").strip() or f"-ERR {cause}",
+            "Job '%s' corresponding to session '%s' failed with:\n%s", job.uuid, job.sess_uuid, text
         )
         for hook in self.job_failed_hooks:
             try:
@@ -318,24 +320,14 @@ class CallTracker:
                 self.log.exception("job_failed hook %r failed", hook)
 
     def fail_job(self, job: Job, exc: BaseException, now: float) -> None:
-        """A bgapi was refused (``-ERR`` reply) or lost: fail and account for it."""
+        """A bgapi was refused (a ``-ERR`` command/reply, ``exc`` a CommandError) or
+        cannot complete: fail it, account for it like a failed BACKGROUND_JOB."""
         if self.jobs.pop(job.uuid, None) is None and job.done():
             return
         job.set_exception(exc, now)
-        cause = "LOST" if job.result is None else (job.cause or "UNKNOWN")
-        self.failed_jobs[cause] = self.failed_jobs.get(cause, 0) + 1
+        text = exc.reply if isinstance(exc, CommandError) else f"-ERR {exc}"
+        self._job_failed(job, text)
         call = job.call
-        if call is not None and not call.failed:
-            call.failed = True
-            self.failed_calls += 1
-        self.log.error(
-            "Job '%s' corresponding to session '%s' failed with:\n%s", job.uuid, job.sess_uuid, exc
-        )
-        for hook in self.job_failed_hooks:
-            try:
-                hook(job)
-            except Exception:
-                self.log.exception("job_failed hook %r failed", hook)
         if call is not None and call.live <= 0 and not call.done:
             self._complete(call)
 
@@ -368,8 +360,6 @@ class CallTracker:
         n_sess = len(self.sessions)
         n_jobs = len(self.jobs)
         marker = f"{LOST}: {reason}"
-        from fastswitch.errors import ConnectionLost
-
         exc = ConnectionLost(reason)
         for job in list(self.jobs.values()):
             if not job.done():

@@ -278,6 +278,24 @@ async def test_bgapi_uses_our_job_uuid_and_resolves(captures_dir):
 
 
 @run
+async def test_refused_bgapi_fails_the_job_and_its_call():
+    async with ok_server(bgapi=lambda t: reply("-ERR permission denied")) as srv:
+        c = await Client(port=srv.port, reconnect=False).connect()
+        done = []
+        c.listener.call_complete_hooks.append(done.append)
+        with pytest.raises(CommandError, match="permission denied"):
+            await c.bgapi("status")
+        c.set_orig_cmd("x@127.0.0.1")
+        job = c.originate()
+        with pytest.raises(CommandError, match="permission denied"):
+            await job
+        assert done == [job.call] and job.call.failed and job.failed
+        assert c.listener.failed_jobs == {"permission denied": 2}
+        assert c.listener.failed_calls == 1 and not c.listener.jobs and not c.listener.calls
+        await c.close()
+
+
+@run
 async def test_sendmsg_wire_format_matches_capture(captures_dir):
     h = ReplayServer(captures_dir / "h_misc")
     async with ok_server() as srv:
