@@ -761,3 +761,22 @@ def test_fuzz_mutated_capture(seed: int, capture) -> None:
     cuts = [rng.randint(1, 700) for _ in range(4)]
     results = [outcome(_load(impl), bytes(data), cuts, max_frame_size=8192) for impl in IMPLS]
     assert results[0] == results[1]
+
+
+@pytest.mark.parametrize("pure, expected", [("1", "python"), ("", "cython")])
+def test_esl_selects_parser(pure: str, expected: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    _load("cython")  # the default is the extension: fail clearly when it is not built
+    env = {**os.environ, "FASTSWITCH_PURE": pure}
+    code = (
+        "import fastswitch, fastswitch.esl as e; "
+        "print(fastswitch.PARSER, e.PARSER, e.Parser.__module__, fastswitch.ESLProtocolError.__name__)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+    module = "fastswitch._pyesl" if expected == "python" else "fastswitch._esl"
+    assert out == [expected, expected, module, "ESLProtocolError"]
