@@ -517,3 +517,27 @@ def test_uuid_factory_is_unique_and_uuid_shaped():
 
     for u in list(ids)[:10]:
         assert str(uuid.UUID(u)) == u
+
+
+@run
+async def test_close_while_reconnecting_stops_retrying():
+    srv = ok_server()
+    await srv.start()
+    c = Client(port=srv.port, reconnect=True, backoff=(0.01, 0.02))
+    failures = []
+    c.disconnect_hooks.append(lambda cl, cause, counts: failures.append(cause))
+    await c.connect()
+    await srv.close()  # the server goes away for good
+    srv.drop_all()
+    await until_true(lambda: failures and c._reconnect_task is not None)
+    task = c._reconnect_task
+    await asyncio.sleep(0.05)  # a few refused attempts
+    assert not task.done() and not c.connected
+    await c.close()
+    await asyncio.gather(task, return_exceptions=True)
+    assert task.cancelled() and not c.connected
+
+
+async def until_true(pred):
+    while not pred():
+        await asyncio.sleep(0.005)
