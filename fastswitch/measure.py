@@ -294,13 +294,13 @@ class ArrowStreamWriter:
 
     def _to_batch(self, rows: list[tuple]) -> pa.RecordBatch | None:
         ncols = self._ncols
-        if all(len(r) == ncols for r in rows):
-            try:
+        try:
+            if all(len(r) == ncols for r in rows):
                 cols = zip(*rows, strict=True)
                 arrays = [pa.array(c, type=t) for c, t in zip(cols, self._types, strict=True)]
                 return pa.RecordBatch.from_arrays(arrays, schema=self.schema)
-            except (pa.ArrowException, TypeError, ValueError, OverflowError):
-                pass
+        except (pa.ArrowException, TypeError, ValueError, OverflowError):
+            pass
         # Slow path: find and drop the rows that do not fit the schema.
         good = []
         for row in rows:
@@ -603,7 +603,9 @@ def merge_callee_rows(table: pa.Table) -> pa.Table:
     if len(keep) != callees.num_rows:
         callees = callees.take(pa.array(keep, type=pa.int64()))
     callee_keys = callees.column("call_uuid")
-    idx = pc.index_in(calls.column("call_uuid"), value_set=callee_keys.combine_chunks())
+    idx = pc.index_in(
+        calls.column("call_uuid"), value_set=callee_keys.combine_chunks(), skip_nulls=True
+    )
     merged = {}
     for name in _CALLEE_COLUMNS:
         merged[name] = pc.coalesce(calls.column(name), callees.column(name).take(idx))
@@ -614,7 +616,12 @@ def merge_callee_rows(table: pa.Table) -> pa.Table:
     )
     cols = [merged.get(name, calls.column(name)) for name in table.column_names]
     calls = pa.Table.from_arrays(cols, schema=table.schema)
-    matched = pc.fill_null(pc.is_in(callee_keys, value_set=calls.column("call_uuid")), False)
+    matched = pc.fill_null(
+        pc.is_in(
+            callee_keys, value_set=calls.column("call_uuid").combine_chunks(), skip_nulls=True
+        ),
+        False,
+    )
     orphans = callees.filter(pc.invert(matched))
     return pa.concat_tables([calls, orphans])
 

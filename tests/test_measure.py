@@ -234,6 +234,12 @@ def test_bad_row_is_dropped_not_the_batch(tmp_path, caplog):
     w.append(make_row(3))
     w.close()
     assert w.dropped == 2
+    w2 = CDRWriter(tmp_path / "cdr-1.arrows", flush_rows=2)
+    w2.append(None)  # not even a sequence
+    w2.append(make_row(4))
+    w2.close()
+    assert w2.dropped == 1
+    assert read_stream(tmp_path / "cdr-1.arrows").column("call_uuid").to_pylist() == ["a-000004"]
     table = read_stream(path, CDR_SCHEMA)
     assert table.column("call_uuid").to_pylist() == ["a-000000", "a-000003"]
     assert "caller_create" in caplog.text
@@ -866,3 +872,11 @@ def test_empty_run_plots_and_reports(tmp_path):
     page = report_html(run, tmp_path / "empty.html").read_text()
     assert "offered" in page and "data:image/png;base64," in page
     assert "offered" in format_summary(run.summary())
+
+
+def test_rows_without_call_uuid_never_merge(tmp_path):
+    write_cdr(cdr_path(tmp_path, 0), [make_row(0, call_uuid=None, callee_create=None)])
+    write_cdr(cdr_path(tmp_path, 1), [make_row(1, call_uuid=None, row_kind="callee", worker=1)])
+    rows = load_run(tmp_path).cdr_table.to_pylist()
+    assert [r["row_kind"] for r in rows] == ["call", "callee"]
+    assert rows[0]["callee_create"] is None
