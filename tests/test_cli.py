@@ -266,14 +266,15 @@ def _read_until(fd: int, needle: bytes, buf: bytearray, limit: float = 30.0) -> 
 
 
 def test_terminal_keys_and_sigint(slaves, tmp_path):
-    """On a terminal: the rich live view, ``*`` doubles the rate, then Ctrl-C (SIGINT) stops
-    offering, lets the calls end, flushes the CDRs and prints the report."""
+    """On a terminal: the rich live view; ``*`` doubles the rate, ``p`` pauses and resumes;
+    a first Ctrl-C (SIGINT) stops offering and waits for the calls (held 30 s) to end, a
+    second one hangs them up; the CDRs are flushed and the report printed."""
     import pty
 
     run_dir = tmp_path / "keys"
     master, slave = pty.openpty()
     env = dict(os.environ, PYTHONPATH=str(REPO), COLUMNS="120", LINES="40", TERM="xterm")
-    args = f"run --rate 5 --limit 100 --duration 1s --time 5m --run-dir {run_dir} --no-plot"
+    args = f"run --rate 5 --limit 100 --duration 30s --time 5m --run-dir {run_dir} --no-plot"
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -302,8 +303,15 @@ def test_terminal_keys_and_sigint(slaves, tmp_path):
         os.write(master, b"*")
         assert _read_until(master, b"rate x2.00 of the profile", buf), screen()
         assert _read_until(master, b"10.0 cps", buf), screen()  # the target doubled from 5
+        os.write(master, b"p")
+        assert _read_until(master, b"paused: no new calls", buf), screen()
+        os.write(master, b"p")
+        assert _read_until(master, b"resumed", buf), screen()
         proc.send_signal(signal.SIGINT)
         assert _read_until(master, b"interrupted: stopped offering", buf), screen()
+        assert _read_until(master, b"draining", buf), screen()
+        proc.send_signal(signal.SIGINT)
+        assert _read_until(master, b"hung up all calls", buf), screen()
         assert _read_until(master, b"Thresholds: none set", buf), screen()  # the report
         assert proc.wait(timeout=30) == 0
     finally:
@@ -314,4 +322,4 @@ def test_terminal_keys_and_sigint(slaves, tmp_path):
     assert len(cdr_files(run_dir)) == 2
     assert offered_in(run_dir) > 0
     saved = json.loads((run_dir / "loadtest.json").read_text())
-    assert saved["interrupted"] is True and saved["offered"] > 0
+    assert saved["interrupted"] is True and saved["hungup"] is True and saved["offered"] > 0

@@ -114,17 +114,28 @@ def live_mode(args: argparse.Namespace) -> str:
 
 
 def profile_sip_address(client: Any, profile: str) -> tuple[str, int]:
-    """The SIP address of ``profile`` on a slave, from ``sofia status profile`` (BIND-URL)."""
+    """The SIP address of ``profile`` on a slave: the ``BIND-URL`` of ``sofia status profile
+    <profile>``, else the profile's row in the ``sofia status`` table."""
     try:
-        reply = client.api(f"sofia status profile {profile}")
+        reply = client.api(f"sofia status profile {profile}") or ""
     except CommandError as e:
         reply = str(e)
-    m = _BIND_URL.search(reply or "")
+    m = _BIND_URL.search(reply)
     if not m:
-        first = (reply or "").strip().splitlines()[0] if (reply or "").strip() else "no reply"
+        row = re.compile(
+            rf"^\s*{re.escape(profile)}\s+profile\s+sip:[^@\s]*@(?:\[([^\]]+)\]|([^:;\s]+)):(\d+)",
+            re.M,
+        )
+        m = row.search(reply)
+        if not m:
+            try:
+                m = row.search(client.api("sofia status") or "")
+            except CommandError:
+                m = None
+    if not m:
         raise ConfigurationError(
             f"cannot find the SIP address of profile {profile!r} on {client.host}:{client.port} "
-            f"(sofia status profile: {first[:80]}): give --dest-url USER@HOST:PORT or --profile"
+            "(not in `sofia status`): give --dest-url USER@HOST:PORT, or the right --profile"
         )
     return (m.group(1) or m.group(2)), int(m.group(3))
 
@@ -173,8 +184,16 @@ def execute(
     argv: list[str],
     configure: Callable[[Any], None],
     console: Console | None = None,
+    stops: StopRequests | None = None,
 ) -> int:
-    """Run one load test with ``cfg`` and print its report; returns the exit code."""
+    """Run one load test with ``cfg`` and print its report; returns the exit code.
+
+    ``stops`` counts SIGINT/SIGTERM; installed here when not given. A SIGTERM while the
+    slaves are being connected is kept and ends the test as soon as it starts.
+    """
+    if stops is None:
+        with StopRequests() as own:
+            return execute(cfg, args, argv, configure, console, own)
     from fastswitch.originator import get_originator
 
     resolved = resolve_apps(cfg.apps)
@@ -209,10 +228,7 @@ def execute(
                     raise ConfigurationError(f"cannot load app {spec.name!r}: {e}") from None
         if mode == "rich" and KeyReader.available():
             keys = KeyReader().start()
-        with (
-            StopRequests() as stops,
-            LiveOutput(console, mode, plain_interval=max(interval, 1.0)) as out,
-        ):
+        with LiveOutput(console, mode, plain_interval=max(interval, 1.0)) as out:
             test = LoadTest(
                 orig,
                 profile,

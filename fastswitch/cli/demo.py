@@ -21,7 +21,7 @@ from typing import Any
 from fastswitch.cli.commands import execute, overrides_from_args
 from fastswitch.cli.config import build_config
 from fastswitch.cli.parse import AppSpec, parse_count
-from fastswitch.cli.signals import children_ignore_sigint
+from fastswitch.cli.signals import StopRequests, children_ignore_sigint
 from fastswitch.errors import ConfigurationError
 
 DEMO_TIME = "20s"
@@ -107,7 +107,7 @@ def cmd_demo(args: argparse.Namespace, argv: list[str]) -> int:
 
     resolve_apps(cfg.apps)  # fail on a bad --app before starting anything
 
-    with sim_slaves(count, seed=args.seed) as sims:
+    with StopRequests() as stops, sim_slaves(count, seed=args.seed) as sims:
         cfg.hosts = [s.esl for s in sims]
 
         def configure(orig: Any) -> None:
@@ -119,4 +119,4 @@ def cmd_demo(args: argparse.Namespace, argv: list[str]) -> int:
                     app_name="park",
                 )
 
-        return execute(cfg, args, argv, configure)
+        return execute(cfg, args, argv, configure, stops=stops)

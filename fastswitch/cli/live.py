@@ -80,10 +80,13 @@ def _ms(x: float | None) -> str:
 
 
 def _time_text(s: Snapshot) -> str:
-    rem = (
-        "until stopped" if s.remaining is None else f"{format_duration(max(s.remaining, 0.0))} left"
-    )
-    return f"{format_duration(s.elapsed)} elapsed, {rem}"
+    if s.remaining is not None:
+        return (
+            f"{format_duration(s.elapsed)} elapsed, {format_duration(max(s.remaining, 0.0))} left"
+        )
+    if s.state in ("offering", "paused"):
+        return f"{format_duration(s.elapsed)} elapsed, until stopped"
+    return f"{format_duration(s.elapsed)} elapsed"
 
 
 def _causes(s: Snapshot, top: int = 4) -> str:
@@ -121,7 +124,9 @@ def render(s: Snapshot) -> RenderableType:
     """The rich renderable of the live screen."""
     head = Text()
     head.append("fastswitch ", style="bold")
-    state_style = {"offering": "green", "paused": "yellow", "draining": "cyan"}.get(s.state, "red")
+    state_style = {"offering": "green", "paused": "yellow", "draining": "cyan", "done": "blue"}.get(
+        s.state, "red"
+    )
     head.append(f"[{s.state}]", style=f"bold {state_style}")
     head.append(f"  {_time_text(s)}")
     if s.stage:

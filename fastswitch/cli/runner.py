@@ -138,7 +138,7 @@ class LiveOutput:
                 print(f"fastswitch: {snap.message}", file=sys.stdout, flush=True)
             self._last_message = snap.message
             now = time.monotonic()
-            if force or now - self._last_plain >= self.plain_interval - 1e-3:
+            if force or now - self._last_plain >= self.plain_interval * 0.75:
                 self._last_plain = now
                 print(plain_line(snap), file=sys.stdout, flush=True)
 
@@ -336,6 +336,6 @@ class LoadTest:
                 tot.answered,
                 tot.failed,
             )
-        self.message = "done"
+        self.phase, self.message, self.keys = "done", None, None
         self.output.update(self.snapshot(tot, time.monotonic(), t_off), force=True)
         return self.outcome
