@@ -291,7 +291,7 @@ async def test_reconnect_after_the_server_drops(sim_server):
     c.listener.call_complete_hooks.append(done.append)
     await c.connect()
     c.set_orig_cmd(sip_dest(sim_server))
-    c.originate()
+    await c.originate()  # the job is done: only the call's two legs are up
     await until(lambda: c.listener.active_sessions == 2 and c.listener.answered_calls == 1)
     with pytest.raises(ConnectionLost):  # the fault aborts our own connection too
         await c.api("sim fault drop")
