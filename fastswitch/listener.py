@@ -135,9 +135,11 @@ class CallTracker:
         return len(self.calls)
 
     def count_sessions(self) -> int:
+        """Legs alive right now (switchio's name)."""
         return len(self.sessions)
 
     def count_jobs(self) -> int:
+        """bgapi jobs waiting for their BACKGROUND_JOB."""
         return len(self.jobs)
 
     # -- registration (called by Client.originate, before sending) ---------------------------
