@@ -105,17 +105,17 @@ def replay(
 
 
 def _b_legs_by_key(frames: list[Frame]) -> dict[str, str]:
-    """B-leg uuid by the A-leg uuid it carries (or by creation order)."""
+    """B-leg uuid by the A-leg uuid it carries (or by order of first appearance)."""
     out: dict[str, str] = {}
-    n = 0
+    seen: set[str] = set()
     for f in frames:
         if not f.is_event:
             continue
         ev = f.event
-        if ev.name == "CHANNEL_CREATE" and ev.call_direction == "inbound":
+        if ev.call_direction == "inbound" and ev.unique_id not in seen:
+            seen.add(ev.unique_id)
             a = ev.var("sip_h_X-originating_session_uuid")
-            out[a or f"#{n}"] = ev.unique_id
-            n += 1
+            out[a or f"#{len(out)}"] = ev.unique_id
     return out
 
 
@@ -197,7 +197,9 @@ def global_order(frames: list[Frame]) -> list[str]:
 
 def job_results(frames: list[Frame]) -> Counter[str]:
     return Counter(
-        norm(f.event.body or "") for f in frames if f.is_event and f.event.name == "BACKGROUND_JOB"
+        api_shape(f.event.body or "")
+        for f in frames
+        if f.is_event and f.event.name == "BACKGROUND_JOB"
     )
 
 

@@ -178,10 +178,9 @@ def cmd_uuid_dump(core: Core, arg: str) -> str:
     tpl = core.store.find(key)
     if tpl is None:
         return NO_CHANNEL
-    values = dict(leg.values)
-    values.update(core.time_values)
-    values["seq"] = str(core.seq)
-    text = tpl.render("plain", values, leg.blocks).decode("utf-8", "surrogateescape")
+    leg.enc.url.update(core.time_url)
+    leg.enc.url["seq"] = b"%d" % core.seq
+    text = tpl.render("plain", leg.enc.url).decode("utf-8", "surrogateescape")
     text = text.replace("Event-Name: CHANNEL_PARK", "Event-Name: CHANNEL_DATA", 1)
     if len(parts) > 1 and parts[1] == "json":
         out = {}
@@ -221,7 +220,7 @@ def cmd_hupall(core: Core, arg: str) -> str:
 
 def _row(leg: Leg, core: Core) -> dict[str, str]:
     created = leg.t["created"] // 1_000_000
-    app = leg.apps[-1] if leg.apps else ("", "", "")
+    app = leg.apps[-1] if leg.apps else ("", "", "", False)
     a = leg.role == "A"
     return {
         "uuid": leg.uuid,

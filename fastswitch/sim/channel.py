@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import templates
 from .config import Q850, SIP_CAUSES
 
 if TYPE_CHECKING:
@@ -106,7 +105,7 @@ class Leg:
         self.answer = "ringing"
         self.t = dict.fromkeys(MILESTONES, 0)
         self.t["created"] = core.now_us
-        self.apps: list[tuple[str, str, str]] = []
+        self.apps: list[tuple[str, str, str, bool]] = []  # name, data, uuid, from sendmsg
         self.cause = ""
         self.hungup = False
         self.destroyed = False
@@ -119,106 +118,88 @@ class Leg:
         self.bert_peer = False
         self.bert_synced = False
         self.bert_sync_scheduled = False
+        # "b" once bert_test ran, "p" once a playback did:
+        # these change the channel variables, so they choose the templates
+        self.history = ""
         self.bert_lost_count = 0
         self.created_wall = core.loop.time()
-        self._blocks: dict[tuple[str, str, str], bytes] = {}
         core.session_counter += 1
-        self.values: dict[str, str] = {
-            "core": core.core_uuid,
-            "host": core.cfg.hostname,
-            "uuid": uuid,
-            "chan_name": chan_name,
-            "dest": dest,
-            "requri": requri,
-            "session_id": str(core.session_counter),
-            "call_id": "",
-            "cs": "CS_NEW",
-            "callstate": "DOWN",
-            "prev_callstate": "DOWN",
-            "callstate_num": "0",
-            "answer": "ringing",
-            "cause": "",
-            "q850": "",
-            "disposition": "",
-            "term_status": "",
-            "proto_cause": "",
-            "app": "",
-            "app_data": "",
-            "app_uuid": "",
-            "last_app": "",
-            "last_arg": "",
-            "bert_lost": "false",
-            "bert_lost_count": "0",
-        }
-        for m in MILESTONES:
-            self.values["t_" + m] = "0"
-            self.values["e_" + m] = "0"
-            self.values["s_" + m] = ""
-        self.values["t_created"] = str(self.t["created"])
-        self.values["e_created"] = str(self.t["created"] // 1_000_000)
-        self.values["s_created"] = core.stamp(self.t["created"])
-        for d in DURATIONS:
-            self.values["d_" + d] = "0"
+        enc = self.enc = core.leg_defaults.copy()
+        enc.set_plain("uuid", uuid)
+        enc.set("chan_name", chan_name)
+        enc.set("dest", dest)
+        enc.set("requri", requri)
+        enc.set_plain("session_id", str(core.session_counter))
+        created = self.t["created"]
+        enc.set_plain("t_created", str(created))
+        enc.set_plain("e_created", str(created // 1_000_000))
+        enc.set("s_created", core.stamp(created))
+        self.values = self.enc.raw  # raw slot values (filters, uuid_dump)
+        self.blockname = "VARS" if role == "A" else "XHDRS"
+        self.enc.set_block(self.blockname, self.block)
+        self.enc.set_block("XHDRS" if role == "A" else "VARS", [])
         core.legs[uuid] = self
 
     # -- rendering -----------------------------------------------------------------------
-    def blocks(self, fmt: str, name: str, pos: str) -> bytes:
-        k = (fmt, name, pos)
-        b = self._blocks.get(k)
-        if b is None:
-            want = "VARS" if self.role == "A" else "XHDRS"
-            pairs = self.block if name == want else []
-            b = self._blocks[k] = templates.encode_block(fmt, pairs, pos)
-        return b
-
-    def fire(
-        self, name: str, body: str | None = None, variant: str = "", nested: bool = False
-    ) -> None:
+    def fire(self, name: str, variant: str = "", nested: bool = False, msg: bool = False) -> None:
         """Fire one channel event for this leg in its current state."""
+        core = self.core
+        targets = core._wanted.get(name)
+        if targets is None:
+            targets = core.targets(name)
+        if not targets:
+            core.seq += 1
+            return
         app = self.values["app"] if name.startswith("CHANNEL_EXECUTE") else variant
-        ans = ("1" if self.t["answered"] else "0") + ("b" if self.bert_running else "")
+        t = self.t
+        h = self.history
+        ans = (
+            ("1" if t["answered"] else "0")
+            + ("b" if "b" in h else "")
+            + ("e" if t["pmedia"] else "")
+            + ("m" if msg or any(a[3] for a in self.apps) else "")
+            + ("p" if "p" in h else "")
+            + ("r" if t["progress"] else "")
+        )
         if name.startswith("CUSTOM::"):
             key = f"{self.role}|{name}|{self.cs}|{self.callstate}|{self.answer}|||{ans}||"
         else:
             disp = self.values["disposition"]
             n = "+" if nested else ""
             key = f"{self.role}|{name}|{self.cs}|{self.callstate}|{self.answer}|{app}|{self.cause}|{ans}|{disp}|{n}"
-        blockname = "VARS" if self.role == "A" else "XHDRS"
-        self.core.emit(
-            key,
-            name,
-            self.values,
-            self.blocks,
-            {blockname: self.block},
-            body,
-        )
+        core.emit(key, name, self.enc, {self.blockname: self.block})
+
+    def set(self, key: str, value: str) -> None:
+        """Set one slot value (encoded once, here)."""
+        self.enc.set(key, value)
 
     def set_state(self, cs: str, fire: bool = True) -> None:
         self.cs = cs
-        self.values["cs"] = cs
+        self.enc.set_plain("cs", cs)
         if fire:
             self.fire("CHANNEL_STATE")
 
     def set_callstate(self, callstate: str) -> None:
-        self.values["prev_callstate"] = self.callstate
+        enc = self.enc
+        enc.set_plain("prev_callstate", self.callstate)
         self.callstate = callstate
-        self.values["callstate"] = callstate
-        self.values["callstate_num"] = CALLSTATE_NUM[callstate]
+        enc.set_plain("callstate", callstate)
+        enc.set_plain("callstate_num", CALLSTATE_NUM[callstate])
         self.fire("CHANNEL_CALLSTATE")
 
     def set_answer(self, state: str) -> None:
         self.answer = state
-        self.values["answer"] = state
+        self.enc.set_plain("answer", state)
 
     def mark(self, milestone: str) -> None:
         if self.t[milestone]:
             return
         us = self.core.now_us
         self.t[milestone] = us
-        v = self.values
-        v["t_" + milestone] = str(us)
-        v["e_" + milestone] = str(us // 1_000_000)
-        v["s_" + milestone] = self.core.stamp(us)
+        enc = self.enc
+        enc.set_plain("t_" + milestone, str(us))
+        enc.set_plain("e_" + milestone, str(us // 1_000_000))
+        enc.set("s_" + milestone, self.core.stamp(us))
 
     def setvar(self, name: str, value: str | None) -> None:
         if value is None or value == "":
@@ -227,7 +208,7 @@ class Leg:
         else:
             self.chanvars[name] = value
             self.block = [(k, v) for k, v in self.block if k != name] + [(name, value)]
-        self._blocks.clear()
+        self.enc.set_block(self.blockname, self.block)
 
     def getvar(self, name: str) -> str | None:
         v = self.chanvars.get(name)
@@ -258,16 +239,23 @@ class Leg:
             fn(*args)
 
     # -- apps ----------------------------------------------------------------------------
-    def _set_app_values(self) -> None:
-        v = self.values
-        if self.apps:
-            name, data, auuid = self.apps[-1]
-            v["app"], v["app_data"], v["app_uuid"] = name, data, auuid
-        else:
-            v["app"] = v["app_data"] = v["app_uuid"] = ""
+    def _set_app_values(self, entry: tuple[str, str, str, bool] | None = None) -> None:
+        if entry is None:
+            entry = self.apps[-1] if self.apps else ("", "", "", False)
+        enc = self.enc
+        enc.set("app", entry[0])
+        enc.set("app_data", entry[1])
+        enc.set("app_uuid", entry[2])
 
-    def execute(self, app: str, arg: str = "", then: Callable[[], None] | None = None) -> None:
-        """Run a dialplan application on this leg (CHANNEL_EXECUTE ... _COMPLETE)."""
+    def execute(
+        self,
+        app: str,
+        arg: str = "",
+        then: Callable[[], None] | None = None,
+        via_msg: bool = False,
+    ) -> None:
+        """Run a dialplan application on this leg (CHANNEL_EXECUTE ... _COMPLETE);
+        ``via_msg``: started by sendmsg (FreeSWITCH then sets current_loop/total_loops)."""
         if self.hungup:
             return
         app = app.strip()
@@ -276,9 +264,9 @@ class Leg:
             if then:
                 then()
             return
-        self.apps.append((app, arg, self.core.new_uuid()))
-        self.values["last_app"] = app
-        self.values["last_arg"] = arg
+        self.apps.append((app, arg, self.core.new_uuid(), via_msg))
+        self.enc.set("last_app", app)
+        self.enc.set("last_arg", arg)
         self._set_app_values()
         self.fire("CHANNEL_EXECUTE", nested=len(self.apps) > 1)
         APPS[app](self, arg, then)
@@ -293,9 +281,8 @@ class Leg:
                 break
         else:
             return
-        v = self.values
-        v["app"], v["app_data"], v["app_uuid"] = entry
-        self.fire("CHANNEL_EXECUTE_COMPLETE", nested=bool(self.apps))
+        self._set_app_values(entry)
+        self.fire("CHANNEL_EXECUTE_COMPLETE", nested=bool(self.apps), msg=entry[3])
         self._set_app_values()
         if then:
             then()
@@ -440,18 +427,21 @@ class Leg:
                 disposition = "send_refuse"
         core = self.core
         self.cause = cause
-        v = self.values
-        v["cause"] = cause
-        v["q850"] = str(Q850.get(cause, 16))
-        v["disposition"] = disposition
+        v: dict[str, str] = {
+            "cause": cause,
+            "q850": str(Q850.get(cause, 16)),
+            "disposition": disposition,
+        }
         if term_status:
             v["term_status"] = term_status
             v["proto_cause"] = f"sip:{term_status}"
         elif disposition == "recv_bye":
             v["term_status"] = "200"
             v["proto_cause"] = "sip:200"
+        self.enc.update(v)
         self.mark("hangup")
-        self._durations()
+        if core.targets("CHANNEL_HANGUP_COMPLETE") or core.targets("CHANNEL_DESTROY"):
+            self._durations()
         self.set_answer("hangup")
         self.fire("CHANNEL_HANGUP")
         # the session thread does the rest, after the api command that hung up returns
@@ -461,13 +451,13 @@ class Leg:
         self, answered: bool, disposition: str, term_status: str, notify: bool
     ) -> None:
         core = self.core
-        v = self.values
         cause = self.cause
         if any(a[0] == "park" for a in self.apps) and core.targets("CHANNEL_UNPARK"):
             self.fire("CHANNEL_UNPARK")
         while self.apps:
-            v["app"], v["app_data"], v["app_uuid"] = self.apps.pop()
-            self.fire("CHANNEL_EXECUTE_COMPLETE", nested=bool(self.apps))
+            entry = self.apps.pop()
+            self._set_app_values(entry)
+            self.fire("CHANNEL_EXECUTE_COMPLETE", nested=bool(self.apps), msg=entry[3])
         self._set_app_values()
         if notify and self.peer is not None:
             if self.role == "A":
@@ -512,7 +502,7 @@ class Leg:
             "progress_media": span(start, pm),
             "flow_bill": span(start, end),
         }
-        v = self.values
+        v: dict[str, str] = {}
         es, ee = start // 1_000_000, end // 1_000_000
         v["d_duration"] = str(ee - es)
         v["d_billsec"] = str(ee - ans // 1_000_000) if ans else "0"
@@ -526,6 +516,9 @@ class Leg:
         for k in ("bill", "progress", "answer", "wait", "progress_media", "flow_bill"):
             v[f"d_{k}msec"] = str(u[k] // 1000)
             v[f"d_{k}usec"] = str(u[k])
+        enc = self.enc
+        for k2, v2 in v.items():
+            enc.set_plain(k2, v2)
 
 
 # -- applications ------------------------------------------------------------------------
@@ -608,6 +601,8 @@ def playback_seconds(path: str) -> float:
 
 
 def _app_playback(leg: Leg, arg: str, then: Callable[[], None] | None) -> None:
+    if "p" not in leg.history:
+        leg.history += "p"
     secs = playback_seconds(arg)
     if secs >= 0:
         leg.later(secs, leg.complete, "playback", then)
@@ -626,6 +621,8 @@ def _app_bert(leg: Leg, arg: str, then: Callable[[], None] | None) -> None:
     if leg.role == "B" and leg.answer != "answered":
         leg.answer_call()
     leg.bert_running = True
+    if "b" not in leg.history:
+        leg.history = "b" + leg.history
     leg.send("BERT")
     timeout_ms = _int(leg.getvar("bert_timeout_ms"), 10000)
     leg.later(timeout_ms / 1000.0, bert_timeout, leg)
@@ -664,10 +661,10 @@ def bert_lost_sync(leg: Leg) -> None:
     if leg.hungup or not leg.bert_running:
         return
     leg.bert_lost_count += 1
-    leg.values["bert_lost"] = "true"
-    leg.values["bert_lost_count"] = str(leg.bert_lost_count)
-    leg.values["sync_lost_percent"] = "100.00"
-    leg.values["sync_lost_count"] = str(leg.bert_lost_count)
+    leg.set("bert_lost", "true")
+    leg.set("bert_lost_count", str(leg.bert_lost_count))
+    leg.set("sync_lost_percent", "100.00")
+    leg.set("sync_lost_count", str(leg.bert_lost_count))
     leg.fire("CUSTOM::mod_bert::lost_sync")
     if leg.getvar("bert_hangup_on_error") in ("yes", "true", "1"):
         leg.hangup("MEDIA_TIMEOUT")

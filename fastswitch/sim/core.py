@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-import uuid as uuidlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -27,7 +26,6 @@ HEAD = {
     fmt: b"Content-Length: %d\nContent-Type: text/event-" + fmt.encode() + b"\n\n"
     for fmt in templates.FORMATS
 }
-BlockFn = Callable[[str, str, str], bytes]
 
 # Every event name FreeSWITCH knows (switch_event.c EVENT_NAMES); `event` ignores others.
 EVENT_NAMES = frozenset(
@@ -85,13 +83,17 @@ class Core:
         self.loop = loop
         self.store = templates.load()
         self.rng = random.Random(cfg.seed)
-        self.core_uuid = str(uuidlib.UUID(int=self.rng.getrandbits(128), version=4))
+        self.core_uuid = self.new_uuid()
         self.seq = 0
         self.start_time = time.time()
         self._offset_us = self.rng.randrange(20000)
         self._sec = -1
+        self._stamp_sec = -1
+        self._stamp = ""
         self.now_us = 0
         self.time_values: dict[str, str] = {}
+        self.time_url: dict[str, bytes] = {}
+        self.time_json: dict[str, bytes] = {}
         self.legs: dict[str, Leg] = {}
         self.listeners: list[EventSink] = []
         self.connections: set[Any] = set()
@@ -116,6 +118,7 @@ class Core:
         self.session_counter = 1
         self._timers: list[asyncio.TimerHandle] = []
         self.tick()
+        self.leg_defaults = self._leg_defaults()
         self._refill_handle = loop.call_later(1.0, self._refill)
         if cfg.heartbeat_interval > 0:
             loop.call_later(cfg.heartbeat_interval, self._heartbeat)
@@ -135,11 +138,19 @@ class Core:
             self._sec = sec
             tv["dlocal"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(sec))
             tv["dgmt"] = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(sec))
+        for k, v in tv.items():
+            self.time_url[k] = templates.enc_url(v)
+            self.time_json[k] = templates.enc_json(v)
         self.loop.call_later(0.02, self.tick)
 
     def stamp(self, us: int) -> str:
-        """Local time text of a µs timestamp (``variable_*_stamp``)."""
-        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(us // 1_000_000))
+        """Local time text of a µs timestamp (``variable_*_stamp``), cached per second."""
+        sec = us // 1_000_000
+        if sec == self._stamp_sec:
+            return self._stamp
+        self._stamp_sec = sec
+        self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(sec))
+        return self._stamp
 
     # -- sessions ------------------------------------------------------------------------
     def take_session(self) -> bool:
@@ -167,7 +178,45 @@ class Core:
         self._refill_handle = self.loop.call_later(1.0, self._refill)
 
     def new_uuid(self) -> str:
-        return str(uuidlib.uuid4())
+        """A random (version 4) uuid from the server's seeded generator."""
+        h = f"{self.rng.getrandbits(128):032x}"
+        return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:32]}"
+
+    def _leg_defaults(self) -> templates.Encoded:
+        """Slot values every new channel starts with (copied, not re-encoded, per leg)."""
+        from .channel import DURATIONS, MILESTONES
+
+        values: dict[str, str] = {
+            "core": self.core_uuid,
+            "host": self.cfg.hostname,
+            "call_id": "",
+            "cs": "CS_NEW",
+            "callstate": "DOWN",
+            "prev_callstate": "DOWN",
+            "callstate_num": "0",
+            "answer": "ringing",
+            "cause": "",
+            "q850": "",
+            "disposition": "",
+            "term_status": "",
+            "proto_cause": "",
+            "app": "",
+            "app_data": "",
+            "app_uuid": "",
+            "last_app": "",
+            "last_arg": "",
+            "bert_lost": "false",
+            "bert_lost_count": "0",
+            "sync_lost_percent": "0.00",
+            "sync_lost_count": "0",
+        }
+        for m in MILESTONES:
+            values["t_" + m] = "0"
+            values["e_" + m] = "0"
+            values["s_" + m] = ""
+        for d in DURATIONS:
+            values["d_" + d] = "0"
+        return templates.Encoded(values).warm()
 
     # -- event bus -----------------------------------------------------------------------
     def add_listener(self, listener: EventSink) -> None:
@@ -193,43 +242,51 @@ class Core:
         self,
         key: str,
         name: str,
-        values: dict[str, str],
-        blocks: BlockFn | None = None,
+        enc: templates.Encoded,
         block_pairs: dict[str, list[tuple[str, str]]] | None = None,
-        body: str | None = None,
         seq: int | None = None,
     ) -> None:
         """Create one event (takes a sequence number) and deliver it to subscribed listeners.
 
         ``key`` selects the template (``role|name|cs|callstate|answer|app|cause|answered|disposition|nested``),
-        ``name`` is the subscription name (``CUSTOM::<subclass>`` for CUSTOM events).
+        ``name`` is the subscription name (``CUSTOM::<subclass>`` for CUSTOM events),
+        ``enc`` holds the slot values (time and sequence are filled in here unless
+        ``seq`` is given, for an event created earlier).
         """
         if seq is None:
             self.seq += 1
             seq = self.seq
-            values.update(self.time_values)
-        targets = self._wanted.get(name)
-        if targets is None:
+            targets = self._wanted.get(name)
+            if targets is None:
+                targets = self.targets(name)
+            if not targets:
+                return
+            enc.url.update(self.time_url)
+            enc.json.update(self.time_json)
+        else:
             targets = self.targets(name)
-        if not targets:
-            return
+            if not targets:
+                return
         tpl = self.store.find(key)
         if tpl is None:
             return
-        values["seq"] = str(seq)
+        enc.url["seq"] = enc.json["seq"] = b"%d" % seq
         rendered: dict[str, bytes] = {}
         hdrs = None
-        bfn = blocks or _no_blocks
         for lst in targets:
             if lst.needs_headers():
                 if hdrs is None:
-                    hdrs = event_headers(tpl, values, block_pairs or {})
+                    raw = enc.raw
+                    raw.update(self.time_values)
+                    raw["seq"] = str(seq)
+                    hdrs = event_headers(tpl, raw, block_pairs or {})
                 if not lst.passes(hdrs):
                     continue
-            fr = rendered.get(lst.fmt)
+            fmt = lst.fmt
+            fr = rendered.get(fmt)
             if fr is None:
-                ev = tpl.render(lst.fmt, values, bfn, body)
-                fr = rendered[lst.fmt] = HEAD[lst.fmt] % len(ev) + ev
+                ev = tpl.render(fmt, enc.json if fmt == "json" else enc.url)
+                fr = rendered[fmt] = HEAD[fmt] % len(ev) + ev
             lst.deliver(fr)
 
     def base_values(self) -> dict[str, str]:
@@ -239,10 +296,15 @@ class Core:
 
     def background_job(self, job_uuid: str, cmd: str, arg: str, result: str) -> None:
         """Fire BACKGROUND_JOB with the command's output as body."""
+        if not self.targets("BACKGROUND_JOB"):
+            self.seq += 1
+            return
         values = self.base_values()
         values.update(job_uuid=job_uuid, job_cmd=cmd, job_arg=arg)
-        key = "-|BACKGROUND_JOB||||||0||" if arg else "-|BACKGROUND_JOB_NOARG||||||0||"
-        self.emit(key, "BACKGROUND_JOB", values, body=result)
+        enc = templates.Encoded(values)
+        enc.set_body(result)
+        key = templates.global_key("BACKGROUND_JOB" if arg else "BACKGROUND_JOB_NOARG")
+        self.emit(key, "BACKGROUND_JOB", enc)
 
     def api_event(self, cmd: str, arg: str) -> Callable[[], None]:
         """Create the API event FreeSWITCH sends for every api/bgapi command.
@@ -256,8 +318,9 @@ class Core:
         seq = self.seq
         values = self.base_values()
         values.update(job_cmd=cmd, job_arg=arg)
-        key = "-|API||||||0||" if arg else "-|API_NOARG||||||0||"
-        return lambda: self.emit(key, "API", values, seq=seq)
+        key = templates.global_key("API" if arg else "API_NOARG")
+        enc = templates.Encoded(values)
+        return lambda: self.emit(key, "API", enc, seq=seq)
 
     def _heartbeat(self) -> None:
         up = time.time() - self.start_time
@@ -273,16 +336,12 @@ class Core:
             since_startup=str(self.sessions_since_startup),
             peak=str(self.session_peak),
         )
-        self.emit("-|HEARTBEAT||||||0||", "HEARTBEAT", values)
+        self.emit(templates.global_key("HEARTBEAT"), "HEARTBEAT", templates.Encoded(values))
         self.loop.call_later(self.cfg.heartbeat_interval, self._heartbeat)
 
 
 def _noop() -> None:
     return None
-
-
-def _no_blocks(fmt: str, name: str, pos: str) -> bytes:
-    return b""
 
 
 def uptime_text(up: float) -> str:

@@ -424,7 +424,7 @@ class EslConnection(asyncio.Protocol):
         if what == "execute":
             app = headers.get("execute-app-name", "")
             arg = headers.get("execute-app-arg", "") or body
-            self.loop.call_soon(leg.execute, app, arg)
+            self.loop.call_soon(leg.execute, app, arg, None, True)
         elif what == "hangup":
             cause = (headers.get("hangup-cause") or "NORMAL_CLEARING").upper()
             self.loop.call_soon(leg.hangup, cause)

@@ -13,7 +13,7 @@ with other variables renders the same event with its own variables in place.
 Each template is stored under a key
 ``role|name|cs|callstate|answer|app|cause|answered|disposition|nested``
 (role ``A`` = outbound leg, ``B`` = inbound leg, ``-`` = no channel; ``answered``
-1 when the leg has been answered, with a ``b`` suffix once bert_test has run on it;
+is the leg's history, see :func:`history`;
 ``nested`` ``+`` for an EXECUTE(_COMPLETE) of an app started while another one, e.g.
 park, runs underneath); the first
 capture (in ``CAPTURE_ORDER``) that shows a key wins.
@@ -193,6 +193,23 @@ def originate_vars(txt: str) -> dict[str, list[str]]:
     return out
 
 
+def history(d: dict[str, str]) -> str:
+    """'1' answered / '0' not, then flags in order: b bert ran, e early media, m an app
+    started by sendmsg is running, p playback ran, r ringing (180) seen."""
+    flags = "1" if d.get("Caller-Channel-Answered-Time", "0") != "0" else "0"
+    if "variable_bert_stats_sync_lost" in d:
+        flags += "b"
+    if d.get("Caller-Channel-Progress-Media-Time", "0") != "0":
+        flags += "e"
+    if "variable_current_loop" in d:
+        flags += "m"
+    if "variable_playback_ms" in d:
+        flags += "p"
+    if d.get("Caller-Channel-Progress-Time", "0") != "0":
+        flags += "r"
+    return flags
+
+
 def key_of(role: str, pairs: list[tuple[str, str]], nested: bool = False) -> str:
     d = dict(pairs)
     name = d.get("Event-Name", "")
@@ -210,8 +227,7 @@ def key_of(role: str, pairs: list[tuple[str, str]], nested: bool = False) -> str
             d.get("Answer-State", ""),
             app,
             d.get("Hangup-Cause", ""),
-            ("1" if d.get("Caller-Channel-Answered-Time", "0") != "0" else "0")
-            + ("b" if "variable_bert_stats_sync_lost" in d else ""),
+            history(d),
             d.get("variable_sip_hangup_disposition", ""),
             "+" if nested else "",
         )

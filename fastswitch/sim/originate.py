@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 def split_args(text: str) -> list[str]:
     """Split on spaces honouring single quotes and backslash escapes (switch_separate_string)."""
+    if "'" not in text and "\\" not in text:
+        return text.split()
     out: list[str] = []
     cur: list[str] = []
     quote = False
@@ -56,6 +58,13 @@ def split_args(text: str) -> list[str]:
 
 def parse_vars(text: str) -> list[tuple[str, str]]:
     """``a=1,b='x y',c=a\\,b`` -> ordered pairs (``^^<d>`` changes the delimiter)."""
+    if "'" not in text and "\\" not in text and not text.startswith("^^"):
+        out0 = []
+        for p in text.split(","):
+            if p:
+                k, _, v = p.partition("=")
+                out0.append((k.strip(), v.strip()))
+        return out0
     delim = ","
     if text.startswith("^^") and len(text) > 2:
         delim, text = text[2], text[3:]

@@ -1,29 +1,34 @@
 """Event templates extracted from real FreeSWITCH captures, precompiled for rendering.
 
 A template is the header list of one captured event with the per-call values
-replaced by named *slots*. :func:`load` compiles every template once per output
-format (``plain``, ``json``, ``xml``) into a single bytes ``%``-format with one
-``%s`` per slot, so rendering an event is one C-level formatting of a few
-already-encoded values into the precompiled pieces, not a serialisation of 150
-headers.
+replaced by named *slots*. A template is compiled once per output format
+(``plain``, ``json``, ``xml``; on first use) into a single bytes ``%``-format with
+one ``%s`` per slot and an ``operator.itemgetter`` of the slot names, so rendering
+an event is ``pattern % getter(encoded_values)``: two C-level calls over values
+that were encoded when they changed, not a serialisation of 150 headers.
 
-Slot names (values supplied by the call model, all ``str``): ``core host dlocal dgmt
-ts seq cs callstate csnum answer prev_callstate callstate_num cause q850
-disposition term_status proto_cause t_<milestone> e_<milestone> s_<milestone>
-d_<duration> app app_data app_uuid last_app last_arg job_uuid job_cmd job_arg
-chan_name uuid dest requri session_id call_id bert_lost bert_lost_count`` plus
-heartbeat counters. Block slots (``VARS``, ``XHDRS``) take a sequence of
-``(variable name, value)`` pairs and expand to one ``variable_<name>`` header each.
+Slot values live in two dicts of already-encoded bytes per channel (see
+:class:`Encoded`): URL-encoded (``plain`` and ``xml``) and JSON-escaped (``json``).
+Slot names: ``core host dlocal dgmt ts seq cs callstate answer prev_callstate
+callstate_num cause q850 disposition term_status proto_cause t_<milestone>
+e_<milestone> s_<milestone> d_<duration> app app_data app_uuid last_app last_arg
+job_uuid job_cmd job_arg chan_name uuid dest requri session_id call_id bert_lost
+bert_lost_count`` plus heartbeat counters. Block slots ``@VARS:<p|t|l|x>`` and
+``@XHDRS:<...>`` expand a list of ``(variable, value)`` pairs into one
+``variable_<name>`` header each (``p`` plain, ``t``/``l`` json with a trailing or
+leading comma, ``x`` xml); ``#body:<p|j|x>`` is an event body.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import operator
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
+from typing import Any
 
 FORMATS = ("plain", "json", "xml")
 BLOCKS = ("VARS", "XHDRS")
@@ -33,6 +38,7 @@ _SLOT_RE = re.compile("\x01([A-Za-z0-9_]+)\x01")
 _SAFE = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!$'()*,-./_~")
 _URL_TABLE = [chr(b) if b in _SAFE else f"%{b:02X}" for b in range(256)]
 _SAFE_RE = re.compile(r"[A-Za-z0-9!$'()*,\-./_~]*")
+_JSON_SAFE_RE = re.compile(r"[ !#-\[\]-~]*")  # printable ASCII but " and \
 
 
 def url_encode(value: str) -> str:
@@ -44,6 +50,8 @@ def url_encode(value: str) -> str:
 
 def json_escape(value: str) -> str:
     """The inside of a JSON string literal for ``value``."""
+    if _JSON_SAFE_RE.fullmatch(value):
+        return value
     return json.dumps(value, ensure_ascii=False)[1:-1]
 
 
@@ -51,21 +59,27 @@ def xml_escape(value: str) -> str:
     return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-_ENC_CACHE: dict[tuple[str, str], bytes] = {}
+_URL_CACHE: dict[str, bytes] = {}
+_JSON_CACHE: dict[str, bytes] = {}
 
 
-def encode_value(fmt: str, value: str) -> bytes:
-    """Encode one slot value for ``fmt`` (cached; values repeat across events)."""
-    k = (fmt, value)
-    b = _ENC_CACHE.get(k)
+def enc_url(value: str) -> bytes:
+    """URL-encoded bytes of a value (cached: values repeat across events)."""
+    b = _URL_CACHE.get(value)
     if b is None:
-        if len(_ENC_CACHE) > 200_000:
-            _ENC_CACHE.clear()
-        if fmt == "json":
-            b = json_escape(value).encode("utf-8", "surrogateescape")
-        else:
-            b = url_encode(value).encode()
-        _ENC_CACHE[k] = b
+        if len(_URL_CACHE) > 100_000:
+            _URL_CACHE.clear()
+        b = _URL_CACHE[value] = url_encode(value).encode()
+    return b
+
+
+def enc_json(value: str) -> bytes:
+    """JSON-escaped bytes of a value (cached)."""
+    b = _JSON_CACHE.get(value)
+    if b is None:
+        if len(_JSON_CACHE) > 100_000:
+            _JSON_CACHE.clear()
+        b = _JSON_CACHE[value] = json_escape(value).encode("utf-8", "surrogateescape")
     return b
 
 
@@ -85,17 +99,117 @@ def encode_block(fmt: str, pairs: Sequence[tuple[str, str]], position: str = "t"
     return "".join(f',"variable_{json_escape(n)}":"{json_escape(v)}"' for n, v in pairs).encode()
 
 
-@dataclass(frozen=True, slots=True)
+class _Encodings(dict):  # type: ignore[type-arg]
+    """Encoded slot values of one format; a missing key is encoded on first use."""
+
+    __slots__ = ("encode", "raw", "blocks", "fmt")
+
+    def __missing__(self, key: str) -> bytes:
+        if key[0] == "@":
+            name, _, pos = key[1:].partition(":")
+            fmt = "json" if pos in ("t", "l") else ("xml" if pos == "x" else "plain")
+            b = encode_block(fmt, self.blocks.get(name, ()), pos)
+        else:
+            b = self.encode(self.raw[key])
+        self[key] = b
+        return b
+
+
+class Encoded:
+    """The slot values of one event source, encoded lazily for both value encodings.
+
+    ``url`` serves the plain and xml formats, ``json`` the json format. ``set``
+    only records the raw value; a value is encoded the first time an event that
+    shows it is rendered (and then reused until it changes).
+    """
+
+    __slots__ = ("raw", "url", "json", "blocks")
+
+    def __init__(self, values: Mapping[str, str] | None = None) -> None:
+        self.raw: dict[str, str] = dict(values or {})
+        self.blocks: dict[str, Sequence[tuple[str, str]]] = {}
+        self.url = self._encodings(enc_url)
+        self.json = self._encodings(enc_json)
+
+    def _encodings(self, fn: Callable[[str], bytes]) -> _Encodings:
+        d = _Encodings()
+        d.encode = fn
+        d.raw = self.raw
+        d.blocks = self.blocks
+        return d
+
+    def set(self, key: str, value: str) -> None:
+        raw = self.raw
+        if raw.get(key) != value:
+            raw[key] = value
+            self.url.pop(key, None)
+            self.json.pop(key, None)
+
+    set_plain = set
+
+    def warm(self) -> Encoded:
+        """Encode every raw value now (for templates of values shared by many legs)."""
+        for k in self.raw:
+            self.url[k]
+            self.json[k]
+        return self
+
+    def update(self, values: Mapping[str, str]) -> None:
+        raw, url, js = self.raw, self.url, self.json
+        for k, v in values.items():
+            raw[k] = v
+            url.pop(k, None)
+            js.pop(k, None)
+
+    def copy(self) -> Encoded:
+        """An independent copy (cheap: a few dict copies, encodings kept)."""
+        new = Encoded.__new__(Encoded)
+        new.raw = dict(self.raw)
+        new.blocks = dict(self.blocks)
+        new.url = new._encodings(enc_url)
+        new.url.update(self.url)
+        new.json = new._encodings(enc_json)
+        new.json.update(self.json)
+        return new
+
+    def set_block(self, name: str, pairs: Sequence[tuple[str, str]]) -> None:
+        """(Re)set a block slot (``VARS``/``XHDRS``): a list of (variable, value) pairs."""
+        self.blocks[name] = pairs
+        for pos in ("p", "x"):
+            self.url.pop(f"@{name}:{pos}", None)
+        for pos in ("t", "l"):
+            self.json.pop(f"@{name}:{pos}", None)
+
+    def set_body(self, body: str | None) -> None:
+        """Set the event body (BACKGROUND_JOB result) for the next render."""
+        text = body or ""
+        b = text.encode("utf-8", "surrogateescape")
+        self.url["#body:p"] = b"Content-Length: %d\n\n%s" % (len(b), b)
+        self.url["#body:x"] = b"<Content-Length>%d</Content-Length><body>%s</body>" % (
+            len(b),
+            xml_escape(text).encode("utf-8", "surrogateescape"),
+        )
+        self.json["#body:j"] = b',"Content-Length":"%d","_body":"%s"' % (
+            len(b),
+            json_escape(text).encode("utf-8", "surrogateescape"),
+        )
+
+    def for_format(self, fmt: str) -> dict[str, bytes]:
+        return self.json if fmt == "json" else self.url
+
+
+@dataclass(slots=True)
 class Compiled:
-    """One template in one format: ``pattern % args`` renders the event text."""
+    """One template in one format: ``pattern % args(values)`` renders the event text."""
 
     pattern: bytes
-    slots: tuple[str, ...]  # slot names in %s order; "@VARS:t" style for blocks, "#body" for body
+    slots: tuple[str, ...]
+    args: Callable[[Mapping[str, bytes]], Any]
 
 
 @dataclass(slots=True)
 class Template:
-    """A captured event's header list with slots, compiled for every format."""
+    """A captured event's header list with slots, compiled per format on first use."""
 
     key: str
     src: str
@@ -116,39 +230,21 @@ class Template:
             out.update(_SLOT_RE.findall(v))
         return out
 
-    def render(
-        self,
-        fmt: str,
-        values: Mapping[str, str],
-        blocks: Callable[[str, str, str], bytes],
-        body: str | None = None,
-    ) -> bytes:
-        """Render the event text (the frame body) in ``fmt``.
+    def compile(self, fmt: str) -> Compiled:
+        c = self.compiled.get(fmt)
+        if c is None:
+            c = self.compiled[fmt] = _compile(self, fmt)
+        return c
 
-        ``values`` maps slot names to raw strings; ``blocks(fmt, name, position)``
-        returns an encoded block; ``body`` is the inner body (BACKGROUND_JOB result).
-        """
-        c = self.compiled[fmt]
-        args = []
-        for s in c.slots:
-            if s[0] == "@":
-                name, _, pos = s[1:].partition(":")
-                args.append(blocks(fmt, name, pos))
-            elif s[0] == "#":
-                b = (body or "").encode("utf-8", "surrogateescape")
-                if fmt == "plain":
-                    args.append(b"Content-Length: %d\n\n%s" % (len(b), b))
-                elif fmt == "json":
-                    esc = json_escape(body or "").encode("utf-8", "surrogateescape")
-                    args.append(b',"Content-Length":"%d","_body":"%s"' % (len(b), esc))
-                else:
-                    esc = xml_escape(body or "").encode("utf-8", "surrogateescape")
-                    args.append(
-                        b"<Content-Length>%d</Content-Length><body>%s</body>" % (len(b), esc)
-                    )
-            else:
-                args.append(encode_value(fmt, values[s]))
-        return c.pattern % tuple(args)
+    def render(self, fmt: str, values: Mapping[str, bytes]) -> bytes:
+        """Render the event text (the frame body) in ``fmt`` from encoded slot values
+        (``Encoded.for_format(fmt)``)."""
+        c = self.compiled.get(fmt) or self.compile(fmt)
+        return c.pattern % c.args(values)
+
+
+def _single(getter: Callable[[Any], Any]) -> Callable[[Any], tuple[Any, ...]]:
+    return lambda values: (getter(values),)
 
 
 def _compile(tpl: Template, fmt: str) -> Compiled:
@@ -180,12 +276,9 @@ def _compile(tpl: Template, fmt: str) -> Compiled:
     for i, (k, v) in enumerate(headers):
         last = i == n - 1
         if k.startswith("\x01"):
-            if fmt == "json":
-                pieces.append(b"%s")
-                slots.append("@" + k[1:-1] + (":l" if last else ":t"))
-            else:
-                pieces.append(b"%s")
-                slots.append("@" + k[1:-1] + ":t")
+            pieces.append(b"%s")
+            pos = {"plain": "p", "xml": "x"}.get(fmt) or ("l" if last else "t")
+            slots.append(f"@{k[1:-1]}:{pos}")
             continue
         if fmt == "plain":
             lit(k + ": ", "raw")
@@ -206,24 +299,31 @@ def _compile(tpl: Template, fmt: str) -> Compiled:
                 pieces.append(b'"')
             if not last:
                 pieces.append(b",")
-    if tpl.has_body:
-        pieces.append(b"%s")
-        slots.append("#body")
     if fmt == "plain":
-        if not tpl.has_body:
+        if tpl.has_body:
+            pieces.append(b"%s")
+            slots.append("#body:p")
+        else:
             pieces.append(b"\n")
     elif fmt == "json":
+        if tpl.has_body:
+            pieces.append(b"%s")
+            slots.append("#body:j")
         pieces.append(b"}")
     else:
-        pieces.append(b"</headers>" if not tpl.has_body else b"")
+        pieces.append(b"</headers>")
         if tpl.has_body:
-            # body goes after </headers>: move the slot
-            pass
+            pieces.append(b"%s")
+            slots.append("#body:x")
         pieces.append(b"</event>")
-    pattern = b"".join(pieces)
-    if fmt == "xml" and tpl.has_body:
-        pattern = pattern.replace(b"%s</event>", b"</headers>%s</event>")
-    return Compiled(pattern, tuple(slots))
+    getter: Callable[[Any], Any]
+    if not slots:
+        getter = lambda values: ()  # noqa: E731
+    elif len(slots) == 1:
+        getter = _single(operator.itemgetter(slots[0]))
+    else:
+        getter = operator.itemgetter(*slots)
+    return Compiled(b"".join(pieces), tuple(slots), getter)
 
 
 class TemplateStore:
@@ -272,8 +372,8 @@ class TemplateStore:
         found = None
         keys = self._generalisations(key)
         fields = key.split("|")
-        if fields[7].endswith("b"):  # bert ran on the leg: prefer bert templates, then plain ones
-            fields[7] = fields[7][:-1]
+        if len(fields[7]) > 1:  # bert/playback ran on the leg: prefer such templates, then plain
+            fields[7] = fields[7][:1]
             keys = keys[:-1] + self._generalisations("|".join(fields))
         for g in keys:
             found = self._by_general.get(g)
@@ -300,25 +400,24 @@ def load() -> TemplateStore:
         data = json.loads(gzip.decompress(raw))
         templates = {}
         for key, t in data["templates"].items():
-            tpl = Template(key, t["src"], [(k, v) for k, v in t["headers"]], t["body"])
-            for fmt in FORMATS:
-                tpl.compiled[fmt] = _compile(tpl, fmt)
-            templates[key] = tpl
+            templates[key] = Template(key, t["src"], [(k, v) for k, v in t["headers"]], t["body"])
         _derive(templates)
         _STORE = TemplateStore(templates)
     return _STORE
 
 
+def global_key(name: str) -> str:
+    """The template key of an event that belongs to no channel (BACKGROUND_JOB, API ...)."""
+    return f"-|{name}||||||0||"
+
+
 def _derive(templates: dict[str, Template]) -> None:
     """Templates the captures do not show directly, derived from ones they do."""
-    for key, drop in (
-        ("-|BACKGROUND_JOB||||||0", "Job-Command-Arg"),
-        ("-|API||||||0", "API-Command-Argument"),
-    ):
-        t = templates.get(key)
+    for name, drop in (("BACKGROUND_JOB", "Job-Command-Arg"), ("API", "API-Command-Argument")):
+        t = templates.get(global_key(name))
         if t is not None:
-            name = key.split("|")[1] + "_NOARG"
-            _add(templates, t, f"-|{name}||||||0", [(k, v) for k, v in t.headers if k != drop])
+            headers = [(k, v) for k, v in t.headers if k != drop]
+            _add(templates, t, global_key(name + "_NOARG"), headers)
     bert_extra = {
         "lost_sync": [
             ("sync_lost_percent", "\x01sync_lost_percent\x01"),
@@ -341,7 +440,4 @@ def _derive(templates: dict[str, Template]) -> None:
 def _add(
     templates: dict[str, Template], base: Template, key: str, headers: list[tuple[str, str]]
 ) -> None:
-    tpl = Template(key, base.src + "*", headers, base.has_body)
-    for fmt in FORMATS:
-        tpl.compiled[fmt] = _compile(tpl, fmt)
-    templates[key] = tpl
+    templates[key] = Template(key, base.src + "*", headers, base.has_body)
