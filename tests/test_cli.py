@@ -78,20 +78,35 @@ def offered_in(run_dir: Path) -> int:
 # -- demo -------------------------------------------------------------------------------------
 
 
-def test_demo_runs_a_simulated_cluster_and_reports(tmp_path):
+def plain_targets(stdout: str) -> list[float]:
+    """The target rates of the plain progress lines while offering."""
+    return [
+        float(line.split(" rate ")[1].split("/")[1].split()[0])
+        for line in stdout.splitlines()
+        if line.startswith("[") and " offering " in line
+    ]
+
+
+def test_demo_with_a_ramp_runs_a_simulated_cluster_and_reports(tmp_path):
     run_dir = tmp_path / "demo"
     r = fastswitch(
-        "demo", "--time", "2s", "--rate", "20", "--duration", "1s", "--slaves", "2",
+        "demo", "--ramp", "4:30:3s", "--duration", "1s", "--slaves", "2",
         "--run-dir", str(run_dir), "--no-plot",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr + r.stdout
     assert "Traceback" not in r.stderr
-    # plain progress lines (stdout is not a terminal), then the report
-    assert "[" in r.stdout and "cps" in r.stdout and "active" in r.stdout
+    # plain progress lines (stdout is not a terminal) with the ramp's rising target
+    targets = plain_targets(r.stdout)
+    assert len(targets) >= 2
+    assert targets[0] < targets[-1] <= 30.0 and targets == sorted(targets)
+    # then the report: the demo's app mix, both slaves, the files
     assert "Thresholds: none set" in r.stdout
-    assert f"wrote {run_dir / 'report.html'}" in r.stdout
+    assert "bert" in r.stdout and "block486" in r.stdout
+    assert f"wrote {run_dir / 'report.txt'}" in r.stdout
     assert len(cdr_files(run_dir)) == 2
     assert offered_in(run_dir) > 0
+    saved = json.loads((run_dir / "loadtest.json").read_text())
+    assert 4.0 < saved["target_rate"] < 30.0  # a linear ramp averages between its ends
 
 
 # -- run --------------------------------------------------------------------------------------
@@ -142,8 +157,8 @@ def test_report_writes_png_and_html(passing_run):
     assert "FAIL  failed calls <= 0.00%" in r2.stdout
 
 
-def test_run_from_toml_with_ramp_and_failing_threshold(slaves, tmp_path):
-    """Settings from a TOML file (one overridden by an option), a rate ramp, and a
+def test_run_from_toml_with_stages_and_failing_threshold(slaves, tmp_path):
+    """Settings from a TOML file (one overridden by an option), k6-style stages, and a
     threshold that fails: exit code 1 with the threshold and its measured value shown."""
     run_dir = tmp_path / "toml"
     conf = tmp_path / "loadtest.toml"
@@ -155,13 +170,21 @@ dest_url = "{dest(slaves)}"
 limit = 200
 duration = "1s"
 time = "10m"            # overridden by --time 3s
-ramp = "4:30:3s"
 
 [[app]]
 name = "bert"
 
 [[app]]
 name = "block486"      # the callee answers 486: these calls fail
+
+[[stage]]
+duration = "1.5s"
+rate = 6
+
+[[stage]]
+duration = "10m"
+rate = 24
+hold = "500ms"
 
 [thresholds]
 max_failed = "0.5%"
@@ -171,17 +194,10 @@ max_failed = "0.5%"
     assert r.returncode == 1, r.stderr + r.stdout
     assert "FAIL  failed calls <= 0.50%  measured" in r.stdout
     assert "Verdict: FAIL (1 of 1 thresholds not met)" in r.stdout
-    targets = [
-        float(line.split(" rate ")[1].split("/")[1].split()[0])
-        for line in r.stdout.splitlines()
-        if line.startswith("[") and " offering " in line
-    ]
-    assert len(targets) >= 2
-    assert targets[0] < targets[-1] <= 30.0
-    assert targets == sorted(targets)
+    targets = plain_targets(r.stdout)
+    assert targets[0] == 6.0 and targets[-1] == 24.0 and set(targets) == {6.0, 24.0}
     saved = json.loads((run_dir / "loadtest.json").read_text())
-    # the average target of a linear ramp lies strictly between its ends
-    assert 4.0 < saved["target_rate"] < 30.0
+    assert 6.0 < saved["target_rate"] < 24.0
     assert saved["offering_time"] < 60  # --time won over the file's 10m
 
 

@@ -138,7 +138,11 @@ def _add_load_options(p: argparse.ArgumentParser, demo: bool) -> None:
         default="0.5s",
         help="live view refresh interval (default 0.5s; plain lines: 1s min)",
     )
-    o.add_argument("--no-plot", action="store_true", help="do not write report.png (faster)")
+    o.add_argument(
+        "--no-plot",
+        action="store_true",
+        help="write only report.txt, no report.png/report.html (faster)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -213,7 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-setup-p99", type=_typed(lambda s: parse.parse_duration(s, "--max-setup-p99"))
     )
     rep.add_argument("--min-rate", type=_typed(lambda s: parse.parse_fraction(s, "--min-rate")))
-    rep.add_argument("--no-plot", action="store_true", help="do not write report.png")
+    rep.add_argument(
+        "--no-plot", action="store_true", help="write only report.txt, no report.png/report.html"
+    )
     _add_common(rep)
 
     la = sub.add_parser("list-apps", help="the shipped call-flow apps and their parameters")

@@ -14,7 +14,6 @@ import argparse
 import contextlib
 import math
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +21,7 @@ from fastswitch.cli.commands import execute, overrides_from_args
 from fastswitch.cli.config import build_config
 from fastswitch.cli.parse import AppSpec, parse_count
 from fastswitch.cli.signals import StopRequests, children_ignore_sigint
-from fastswitch.errors import ConfigurationError
+from fastswitch.errors import ConfigurationError, ConnectError
 
 DEMO_TIME = "20s"
 DEMO_RATE = 50.0
@@ -69,10 +68,12 @@ def sim_slaves(count: int, seed: int | None = None) -> Iterator[list[SimSlave]]:
                 sps=5000,
             )
             servers.append(sim.SimServer(cfg))
-        with children_ignore_sigint(), ThreadPoolExecutor(count) as pool:
-            # start them side by side: each start waits for its process to listen
-            for fut in [pool.submit(s.start) for s in servers]:
-                fut.result()
+        with children_ignore_sigint():
+            for server in servers:  # one at a time: SimServer.start is not thread-safe
+                try:
+                    server.start()
+                except RuntimeError as e:
+                    raise ConnectError(f"could not start the simulated slaves: {e}") from None
         yield [SimSlave(tuple(s.address), tuple(s.sip_address)) for s in servers]
     finally:
         with children_ignore_sigint():

@@ -69,7 +69,8 @@ def measured_values(summary: dict[str, Any], run_dir: Path) -> Measured:
 
 
 def build_report(run_dir: Path, thresholds: Thresholds, plot: bool = True) -> Report:
-    """Summarise ``run_dir``, check ``thresholds`` and write report.txt/.png/.html into it."""
+    """Summarise ``run_dir``, check ``thresholds`` and write report.txt (and, with ``plot``,
+    report.png and report.html) into it."""
     from fastswitch.measure import format_summary, load_run, report_html
 
     run_dir = check_run_dir(run_dir)
@@ -81,6 +82,8 @@ def build_report(run_dir: Path, thresholds: Thresholds, plot: bool = True) -> Re
     txt = run_dir / REPORT_TXT
     txt.write_text(text)
     files.append(txt)
+    if not plot:  # the HTML page embeds the plot too: skip both (matplotlib is slow to load)
+        return Report(text, checks, files)
     if plot:
         try:
             import matplotlib
