@@ -21,6 +21,7 @@ from __future__ import annotations
 import gc
 import itertools
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -243,6 +244,7 @@ def worker_cpu_per_call(calls: int = 6000, rate: float = 2000.0) -> dict[str, fl
             done = orig.stats()["completed"]
         finally:
             orig.shutdown()
+            shutil.rmtree(run_dir, ignore_errors=True)
     return {
         "worker_calls": done,
         "worker_us_per_call": (cpu1 - cpu0) / max(done, 1) * 1e6,
