@@ -271,7 +271,7 @@ cdef class Event:
         self._t = be
         self._after = -1
         if self._cap == 0:
-            self._cap = 64 + (be - pos) // 32
+            self._cap = 64 + min((be - pos) // 32, 448)  # grows by doubling
             self._ents = <Entry*>malloc(self._cap * sizeof(Entry))
             if self._ents == NULL:
                 raise MemoryError()
