@@ -6,16 +6,18 @@ A worker runs its own uvloop event loop with one ESL :class:`~fastswitch.client.
 - **rate control**: calls are offered evenly in time at this worker's rate share, with
   SIPp's catch-up rule ``due = floor(elapsed * rate) - offered`` (re-anchored whenever
   the rate or the run generation changes). The originate timer is scheduled to the next
-  due time (1 ms floor, 50 ms ceiling so setting changes are seen quickly), so there is
-  no burst at second boundaries. A backlog of more than one second (the loop was
+  due time (5 ms floor: above 200 cps the calls due go out together every 5 ms, which
+  halves the cost of an originate; 50 ms ceiling so setting changes are seen quickly), so
+  there is no burst at second boundaries. A backlog of more than one second (the loop was
   starved) is dropped rather than sent in a burst; a call held back by the limit or the
   max_sessions cap is not owed later (the clock re-anchors).
 - **limit**: ``active`` (calls originated and not complete: pending jobs + live calls)
   never exceeds this worker's limit share; ``originated`` never exceeds its max_sessions
   cap (both shares written by the parent into the control block).
-- **hold time**: when an originated A-leg answers, a loop timer fires ``duration``
-  seconds later (the value in the control block at answer time) and hangs the A-leg up
-  with ``api uuid_kill <uuid>`` (NORMAL_CLEARING). One TimerHandle per call; O(1).
+- **hold time**: when an originated A-leg answers, it joins the 5 ms slot in which its
+  hold time (``duration`` in the control block at answer time) ends; one loop timer per
+  slot hangs the slot's A-legs up with ``api uuid_kill <uuid>`` (NORMAL_CLEARING), at
+  most 5 ms late. O(1) per call.
 - **records**: the CDR app (fastswitch.apps.cdr) writes one row per call through a
   :class:`~fastswitch.measure.CDRWriter`; a :class:`~fastswitch.measure.CounterWriter`
   gets one row per second.
@@ -47,7 +49,8 @@ __all__ = ["main", "Worker"]
 _HEARTBEAT_PERIOD = 0.05
 _IDLE_TICK = 0.02
 _MAX_TICK = 0.05
-_MIN_TICK = 0.001
+_MIN_TICK = 0.005  # above 200 cps calls go out in 5 ms batches (one loop pass, fewer wake-ups)
+_HOLD_SLOT = 0.005  # hold timers are grouped into 5 ms slots: one TimerHandle per slot
 
 
 def _err(exc: BaseException) -> tuple[str, str, str]:
@@ -113,9 +116,12 @@ class Worker:
         self._sent0 = 0
         self._lag = 0
         self._tick_handle: asyncio.TimerHandle | None = None
+        self._hb_handle: asyncio.TimerHandle | None = None
+        self._sec_handle: asyncio.TimerHandle | None = None
         self._warned_no_cmd = False
         self._warned_lag = 0.0
         self._dispatch = self.listener.dispatch
+        self._holds: dict[int, list[Any]] = {}  # hold-timer slot -> A-legs to hang up
 
     # -- set-up ------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -339,16 +345,25 @@ class Worker:
                 self.answered += 1
                 dur = self.d[C.H_DURATION]
                 if 0 < dur < math.inf:
-                    self.loop.call_later(dur, self._hold_expired, obj)
+                    # O(1): the call joins the 5 ms slot its hangup falls in
+                    key = math.ceil((self.loop.time() + dur) / _HOLD_SLOT)
+                    slot = self._holds.get(key)
+                    if slot is None:
+                        slot = self._holds[key] = []
+                        self.loop.call_at(key * _HOLD_SLOT, self._hold_expired, key)
+                    slot.append(obj)
         self._dispatch(name, app_id, obj)
 
-    def _hold_expired(self, sess: Any) -> None:
-        if sess.hungup or sess.call.done:
-            return
-        try:
-            self.client.api(f"uuid_kill {sess.uuid}", errcheck=False)
-        except Exception:
-            pass  # not connected: the call is lost anyway
+    def _hold_expired(self, key: int) -> None:
+        """Hang up the A-legs whose hold time ended in this slot (at most 5 ms late)."""
+        api = self.client.api
+        for sess in self._holds.pop(key, ()):
+            if sess.hungup or sess.call.done:
+                continue
+            try:
+                api(f"uuid_kill {sess.uuid}", errcheck=False)
+            except Exception:
+                return  # not connected: these calls are lost anyway
 
     def _on_complete(self, call: Any) -> None:
         if not call.remote:
@@ -366,6 +381,8 @@ class Worker:
     # -- periodic ------------------------------------------------------------------------------
     def _heartbeat(self) -> None:
         d, b = self.d, self.b
+        if d is None:
+            return
         now = time.monotonic()
         gap = now - d[b + C.W_HEARTBEAT]
         if gap > self.max_gap:
@@ -384,10 +401,12 @@ class Worker:
         w = self.cdr_writer
         if w is not None:
             w.maybe_flush()
-        self.loop.call_later(_HEARTBEAT_PERIOD, self._heartbeat)
+        self._hb_handle = self.loop.call_later(_HEARTBEAT_PERIOD, self._heartbeat)
 
     def _per_second(self) -> None:
         d, b = self.d, self.b
+        if d is None:
+            return
         try:
             self.counter_writer.record(
                 offered=self.originated,
@@ -400,12 +419,13 @@ class Worker:
             )
         except Exception:
             self.log.exception("writing the counters failed")
-        self.loop.call_later(1.0, self._per_second)
+        self._sec_handle = self.loop.call_later(1.0, self._per_second)
 
     # -- tear-down ------------------------------------------------------------------------------
     async def _close(self) -> None:
-        if self._tick_handle is not None:
-            self._tick_handle.cancel()
+        for h in (self._tick_handle, self._hb_handle, self._sec_handle):
+            if h is not None:
+                h.cancel()
         try:
             self.loop.remove_reader(self.conn.fileno())
         except Exception:
@@ -461,7 +481,17 @@ def main(
     worker = None
     try:
         worker = Worker(index, host, port, password, shm_name, conn, run_dir, opts)
-        loop.run_until_complete(worker.run())
+        prof_dir = os.environ.get("FASTSWITCH_WORKER_PROFILE")
+        if prof_dir:  # developer aid: cProfile the whole worker into <dir>/worker-<i>.prof
+            import cProfile
+
+            prof = cProfile.Profile()
+            try:
+                prof.runcall(loop.run_until_complete, worker.run())
+            finally:
+                prof.dump_stats(os.path.join(prof_dir, f"worker-{index}-{os.getpid()}.prof"))
+        else:
+            loop.run_until_complete(worker.run())
     except BaseException as exc:
         try:
             conn.send(_err(exc))
