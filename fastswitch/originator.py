@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import math
 import multiprocessing
 import os
@@ -271,7 +272,12 @@ class Originator:
                 child_conn,
                 self._log_queue,
                 str(self.run_dir),
-                dict(self._worker_options, restarted=restarted, incarnation=handle.incarnation + 1),
+                dict(
+                    {"log_level": logging.getLogger("fastswitch").getEffectiveLevel()},
+                    **self._worker_options,
+                    restarted=restarted,
+                    incarnation=handle.incarnation + 1,
+                ),
             ),
             daemon=True,
         )

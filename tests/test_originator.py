@@ -384,3 +384,29 @@ def test_script_app_in_main_without_guard(slaves, tmp_path):
     # the seed-format log lines of the script reached its stderr
     assert "[INFO] fastswitch.Originator@['127.0.0.1'] originator.py:" in proc.stderr
     assert _our_blocks() - before == set()
+
+
+def test_bert_fails_calls_that_lose_sync(slaves, make):
+    (s0, c0), _, _ = slaves
+    from fastswitch.apps.bert import Bert
+
+    o = make([s0.address], rate=20, limit=10, max_sessions=4, duration=6)
+    client = o.pool.clients[0]
+    client.set_orig_cmd(_dest(c0, "ctl"))
+    client.api("sim bert_sync_delay 0.2")
+    client.api("sim bert_lost_sync_prob 1")
+    try:
+        o.load_app(Bert)
+        o.start()
+        assert o.waitforstate("STOPPED", timeout=10)
+        assert o.waitwhile(timeout=10)  # well before the 6 s hold time
+    finally:
+        client.api("sim bert_lost_sync_prob 0")
+        client.api("sim bert_sync_delay 1.0")
+    df = _cdr(o)
+    assert len(df) == 4
+    assert set(df["app_verdict"]) == {"bert lost_sync"}
+    assert df["failed"].all()
+    assert df["caller_answer"].notna().all() and df["callee_answer"].notna().all()
+    assert (df["caller_hangup"] - df["caller_answer"] < 5).all()
+    assert o.failures == {"MEDIA_TIMEOUT": 4}

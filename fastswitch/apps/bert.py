@@ -5,7 +5,8 @@ Flow (capture n_ctl_bert_two_sided): the inbound B-leg parks unanswered ->
 B-leg runs ``bert_test`` (sendmsg execute); the A-leg answers and parks (``&park()``) ->
 ``bert_test`` on the A-leg. Each leg's mod_bert then reports CUSTOM ``mod_bert::in_sync``
 (about 1 s later), or ``mod_bert::lost_sync`` / ``mod_bert::timeout`` when the audio
-path is broken: the call is then hung up and recorded as failed
+path is broken: the call is then hung up (cause MEDIA_TIMEOUT, as mod_bert's own
+``bert_hangup_on_error`` does) and recorded as failed
 (``call.vars['app_verdict'] = 'bert lost_sync'`` / ``'bert timeout'``, which the CDR app
 turns into ``failed``). Starting the B-leg's test on its own answer keeps the flow
 working when the SUT routes the call to another slave (the B-leg's worker drives it).
@@ -78,4 +79,4 @@ class Bert:
             return
         call.vars["app_verdict"] = verdict
         if not sess.hungup:
-            sess.hangup("NORMAL_CLEARING")
+            sess.hangup("MEDIA_TIMEOUT")  # the cause mod_bert's bert_hangup_on_error uses
