@@ -182,6 +182,8 @@ class LoadTest:
         self.meter = RateMeter(window=2.0)
         self.latency = LatencyTail(self.run_dir)
         self._slave_meters: dict[str, RateMeter] = {}
+        self._stops: StopRequests | None = None
+        self._drain_interrupts = 0
 
     # -- settings ------------------------------------------------------------------------
     def apply(self, sp: Setpoint) -> None:
@@ -238,10 +240,12 @@ class LoadTest:
             return
         self.orig.stop()
         self.phase = "draining"
+        # Ctrl-C presses beyond this count hang up all (the first one caused an "interrupted" drain)
+        seen = self._stops.interrupts if self._stops is not None else 0
+        self._drain_interrupts = min(seen, 1) if why == "interrupted" else seen
         self._drain_deadline = time.monotonic() + self.drain_time()
-        self.message = (
-            f"{why}: stopped offering, waiting for calls to end (Ctrl-C again: hang up all)"
-        )
+        again = "Ctrl-C again" if why == "interrupted" else "Ctrl-C"
+        self.message = f"{why}: stopped offering, waiting for calls to end ({again}: hang up all)"
 
     def _hangup(self) -> None:
         if self.phase == "stopping":
@@ -290,6 +294,7 @@ class LoadTest:
 
     def run(self, stops: StopRequests) -> RunOutcome:
         """Run until the profile ends, ``q`` or a signal; always ends with the originator stopped."""
+        self._stops = stops
         self._t0 = last = time.monotonic()
         t_off = 0.0
         self.apply(self.profile.setpoint(0.0))
@@ -306,8 +311,8 @@ class LoadTest:
                 if self.keys is not None:
                     for ch in self.keys.drain():
                         self._key(ch)
-                if stops.hangup:
-                    self.outcome.interrupted = True
+                if self.phase == "draining" and stops.interrupts > self._drain_interrupts:
+                    self.outcome.interrupted = True  # Ctrl-C while draining: hang up all
                     self._hangup()
                 elif stops.stop and self.phase == "offering":
                     self.outcome.interrupted = True

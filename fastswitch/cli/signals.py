@@ -19,7 +19,8 @@ from types import FrameType
 
 
 class StopRequests:
-    """Counts stop requests from SIGINT and SIGTERM while installed."""
+    """Counts stop requests from SIGINT and SIGTERM while installed (the run loop decides:
+    the first stops offering, a Ctrl-C while calls drain hangs them up)."""
 
     def __init__(self) -> None:
         self.interrupts = 0
@@ -30,11 +31,6 @@ class StopRequests:
     def stop(self) -> bool:
         """True once the test should stop offering calls."""
         return self.interrupts >= 1 or self.terminated
-
-    @property
-    def hangup(self) -> bool:
-        """True once every call should be hung up (second Ctrl-C)."""
-        return self.interrupts >= 2
 
     def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
         self.interrupts += 1
