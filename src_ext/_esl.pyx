@@ -17,8 +17,7 @@ from collections.abc import Mapping
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdlib cimport free, malloc, realloc
-from libc.stdint cimport uint64_t
-from libc.string cimport memchr, memcmp, memcpy
+from libc.string cimport memchr, memcmp
 
 from fastswitch import _pyesl
 from fastswitch._pyesl import _digits, _int_field, _split_array
@@ -30,9 +29,11 @@ cdef extern from "Python.h":
 __all__ = ["Parser", "Frame", "Event", "MAX_FRAME_SIZE"]
 
 cdef struct Entry:
-    # one header line of a plain event, as offsets into Event._raw
-    Py_ssize_t no   # name start
-    Py_ssize_t nl   # name length
+    # one header line of a plain event, as offsets into Event._raw; the name / value
+    # split is found only when the line is looked at (nl == -1 until then)
+    Py_ssize_t ls   # line start
+    Py_ssize_t le   # line end (its '\n', or the end of the header lines)
+    Py_ssize_t nl   # name length; -1 not parsed yet, -2 no ':' on the line
     Py_ssize_t vo   # value start (after ':' and spaces)
     Py_ssize_t vl   # value length (trailing '\r' dropped)
 
@@ -126,26 +127,6 @@ cdef str _decode(const char* s, Py_ssize_t n):
     return res
 
 
-cdef inline Py_ssize_t _colon_or_nl(const char* p, Py_ssize_t i, Py_ssize_t end) noexcept nogil:
-    """Index of the first ':' or '\\n' in p[i:end] (end when none), 8 bytes at a time."""
-    cdef uint64_t w, x, y, m
-    cdef char ch
-    while i + 8 <= end:
-        memcpy(&w, p + i, 8)
-        x = w ^ 0x3a3a3a3a3a3a3a3aULL
-        y = w ^ 0x0a0a0a0a0a0a0a0aULL
-        m = (((x - 0x0101010101010101ULL) & ~x) | ((y - 0x0101010101010101ULL) & ~y))
-        if m & 0x8080808080808080ULL:
-            break  # one of these 8 bytes is ':' or '\\n'
-        i += 8
-    while i < end:
-        ch = p[i]
-        if ch == 58 or ch == 10:
-            return i
-        i += 1
-    return end
-
-
 cdef inline Py_ssize_t _find_nl(const char* p, Py_ssize_t start, Py_ssize_t end) noexcept nogil:
     cdef const char* q
     if start >= end:
@@ -177,39 +158,48 @@ cdef inline Py_ssize_t _block_end(const char* p, Py_ssize_t start, Py_ssize_t en
         i += 1
 
 
-cdef inline int _hot_index(const char* s, Py_ssize_t n) noexcept nogil:
-    if n == 10:
-        if memcmp(s, b"Event-Name", 10) == 0:
+cdef inline bint _is(const char* s, Py_ssize_t n, const char* lit, Py_ssize_t ln) noexcept nogil:
+    # does the line s[:n] start with lit (a name followed by ':')?
+    return n >= ln and memcmp(s, lit, ln) == 0
+
+
+cdef inline int _hot_line(const char* s, Py_ssize_t n) noexcept nogil:
+    """Which hot header the line s[:n] holds (-1: none), from its first bytes."""
+    cdef char c = s[0]
+    if c == 69:  # 'E'
+        if n > 6 and s[6] == 78 and _is(s, n, b"Event-Name:", 11):
             return H_NAME
-    elif n == 9:
-        if memcmp(s, b"Unique-ID", 9) == 0:
-            return H_UNIQUE_ID
-    elif n == 14:
-        if s[0] == 69:  # 'E'
-            if memcmp(s, b"Event-Subclass", 14) == 0:
-                return H_SUBCLASS
-            if memcmp(s, b"Event-Sequence", 14) == 0:
-                return H_SEQUENCE
-        elif s[0] == 67:  # 'C'
-            if memcmp(s, b"Call-Direction", 14) == 0:
-                return H_DIRECTION
-            if memcmp(s, b"Content-Length", 14) == 0:
-                return H_CLEN
-    elif n == 8:
-        if memcmp(s, b"Job-UUID", 8) == 0:
-            return H_JOB_UUID
-    elif n == 19:
-        if memcmp(s, b"Other-Leg-Unique-ID", 19) == 0:
-            return H_OTHER_LEG
-    elif n == 12:
-        if memcmp(s, b"Hangup-Cause", 12) == 0:
-            return H_CAUSE
-        if memcmp(s, b"Answer-State", 12) == 0:
-            return H_ANSWER
-    elif n == 20:
-        if memcmp(s, b"Event-Date-Timestamp", 20) == 0:
+        if _is(s, n, b"Event-Date-Timestamp:", 21):
             return H_TIMESTAMP
+        if _is(s, n, b"Event-Sequence:", 15):
+            return H_SEQUENCE
+        if _is(s, n, b"Event-Subclass:", 15):
+            return H_SUBCLASS
+    elif c == 85:  # 'U'
+        if _is(s, n, b"Unique-ID:", 10):
+            return H_UNIQUE_ID
+    elif c == 67:  # 'C'
+        if n > 2 and s[1] == 97 and _is(s, n, b"Call-Direction:", 15):
+            return H_DIRECTION
+        if n > 2 and s[1] == 111 and _is(s, n, b"Content-Length:", 15):
+            return H_CLEN
+    elif c == 74:  # 'J'
+        if _is(s, n, b"Job-UUID:", 9):
+            return H_JOB_UUID
+    elif c == 72:  # 'H'
+        if _is(s, n, b"Hangup-Cause:", 13):
+            return H_CAUSE
+    elif c == 65:  # 'A'
+        if _is(s, n, b"Answer-State:", 13):
+            return H_ANSWER
+    elif c == 79:  # 'O'
+        if _is(s, n, b"Other-Leg-Unique-ID:", 20):
+            return H_OTHER_LEG
     return -1
+
+
+cdef int[11] _HOT_LEN
+_HOT_LEN[:] = [10, 14, 9, 8, 19, 14, 12, 12, 20, 14, 14]
 
 
 cdef class Event:
@@ -255,77 +245,92 @@ cdef class Event:
 
     # -- plain internals -------------------------------------------------------------
     cdef int _index(self) except -1:
-        """One pass over the plain header lines: record (name, value) offsets, the hot
-        headers' first occurrences and where the lines end (the first blank line)."""
+        """One pass over the plain header lines: record where each line starts and ends,
+        the hot headers' first occurrences and where the lines end (the first blank line).
+        Names and values are split only when a line is looked at."""
         cdef const char* p
-        cdef Py_ssize_t pos, be, q, c, vs, ve, n = 0
+        cdef Py_ssize_t s, k, be, n = 0
         cdef const char* r
         cdef Entry* ents
         cdef int h
-        cdef char ch
         if self._indexed:
             return 0
         p = PyBytes_AS_STRING(self._raw)
-        pos = self._bs
+        s = self._bs
         be = self._be
         self._t = be
         self._after = -1
         if self._cap == 0:
-            self._cap = 64 + min((be - pos) // 32, 448)  # grows by doubling
+            self._cap = 64 + min((be - s) // 32, 448)  # grows by doubling
             self._ents = <Entry*>malloc(self._cap * sizeof(Entry))
             if self._ents == NULL:
                 raise MemoryError()
         ents = self._ents
-        while pos < be:
-            # a blank line here (the byte before pos is always '\n') ends the lines
-            ch = p[pos]
-            if ch == 10:
-                self._t = pos - 1 if pos - 1 > self._bs else self._bs
-                self._after = pos + 1
+        while s < be:
+            r = <const char*>memchr(p + s, 10, be - s)
+            k = be if r == NULL else r - p
+            # an empty line (or a lone '\r' before '\n') ends the header lines; the byte
+            # before the first line is always the outer block's '\n'
+            if r != NULL and (k == s or (k == s + 1 and p[s] == 13)):
+                self._t = s - 1 if s - 1 > self._bs else self._bs
+                self._after = k + 1
                 break
-            if ch == 13 and pos + 1 < be and p[pos + 1] == 10:
-                self._t = pos - 1 if pos - 1 > self._bs else self._bs
-                self._after = pos + 2
-                break
-            # the name runs to the first ':' (a line without one is skipped)
-            q = _colon_or_nl(p, pos, be)
-            if q == be or p[q] == 10:  # no ':' on this line: skipped
-                pos = q + 1
-                continue
-            c = q
-            r = <const char*>memchr(p + c + 1, 10, be - c - 1)
-            ve = be if r == NULL else r - p
-            q = ve
-            if p[ve - 1] == 13:
-                ve -= 1
-            vs = c + 1
-            while vs < ve and p[vs] == 32:
-                vs += 1
             if n == self._cap:
                 self._cap *= 2
                 ents = <Entry*>realloc(self._ents, self._cap * sizeof(Entry))
                 if ents == NULL:
                     raise MemoryError()
                 self._ents = ents
-            ents[n].no = pos
-            ents[n].nl = c - pos
-            ents[n].vo = vs
-            ents[n].vl = ve - vs
-            h = _hot_index(p + pos, c - pos)
+            ents[n].ls = s
+            ents[n].le = k
+            ents[n].nl = -1
+            h = _hot_line(p + s, k - s)
             if h >= 0 and self._hot[h] < 0:
                 self._hot[h] = <int>n
+                self._set_entry(n, _HOT_LEN[h])
             n += 1
-            pos = q + 1
+            s = k + 1
         self._n = n
         self._indexed = True
+        return 0
+
+    cdef void _set_entry(self, Py_ssize_t i, Py_ssize_t nl) noexcept:
+        """Split line i whose first ':' is at nl (-1: find it)."""
+        cdef const char* p = PyBytes_AS_STRING(self._raw)
+        cdef Entry* e = &self._ents[i]
+        cdef const char* r
+        cdef Py_ssize_t vs, ve
+        if nl < 0:
+            r = <const char*>memchr(p + e.ls, 58, e.le - e.ls)
+            if r == NULL:
+                e.nl = -2
+                return
+            nl = r - p - e.ls
+        e.nl = nl
+        vs = e.ls + nl + 1
+        ve = e.le
+        if ve > vs and p[ve - 1] == 13:
+            ve -= 1
+        while vs < ve and p[vs] == 32:
+            vs += 1
+        e.vo = vs
+        e.vl = ve - vs
+
+    cdef Py_ssize_t _match(self, Py_ssize_t i, const char* s, Py_ssize_t ln) noexcept:
+        """Is line i a ``name:`` line for the name s[:ln] (which has no ':' or '\\n')?"""
+        cdef const char* p = PyBytes_AS_STRING(self._raw)
+        cdef Entry* e = &self._ents[i]
+        if e.le - e.ls > ln and p[e.ls + ln] == 58 and (ln == 0 or p[e.ls] == s[0]) \
+                and memcmp(p + e.ls, s, ln) == 0:
+            if e.nl == -1:
+                self._set_entry(i, ln)
+            return 1
         return 0
 
     cdef Py_ssize_t _lookup(self, str name) except -2:
         """Entry index of the first ``name`` line, -1 when absent."""
         cdef Py_ssize_t ln, i
         cdef const char* s
-        cdef const char* p
-        cdef Entry* ents
         cdef bytes nb
         self._index()
         try:
@@ -334,10 +339,10 @@ cdef class Event:
             nb = name.encode("utf-8", "surrogateescape")
             s = PyBytes_AS_STRING(nb)
             ln = PyBytes_GET_SIZE(nb)
-        p = PyBytes_AS_STRING(self._raw)
-        ents = self._ents
+        if memchr(s, 58, ln) != NULL or memchr(s, 10, ln) != NULL:
+            return -1
         for i in range(self._n):
-            if ents[i].nl == ln and memcmp(p + ents[i].no, s, ln) == 0:
+            if self._match(i, s, ln):
                 return i
         return -1
 
@@ -376,18 +381,16 @@ cdef class Event:
         """Every value of header ``name``: duplicates in order, arrays split."""
         cdef list out = []
         cdef Py_ssize_t ln, i
-        cdef const char* p
-        cdef Entry* ents
         cdef bytes nb
         if self.fmt:
             return self._py.getall(name)
         self._index()
         nb = name.encode("utf-8", "surrogateescape")
         ln = len(nb)
-        p = PyBytes_AS_STRING(self._raw)
-        ents = self._ents
+        if b":" in nb or b"\n" in nb:
+            return out
         for i in range(self._n):
-            if ents[i].nl == ln and memcmp(p + ents[i].no, PyBytes_AS_STRING(nb), ln) == 0:
+            if self._match(i, PyBytes_AS_STRING(nb), ln):
                 out.extend(_split_array(self._value(i)))
         return out
 
@@ -505,9 +508,12 @@ cdef class Event:
         seen = {}
         p = PyBytes_AS_STRING(self._raw)
         for i in range(self._n):
-            seen.setdefault(
-                PyUnicode_DecodeUTF8(p + self._ents[i].no, self._ents[i].nl, "replace"), None
-            )
+            if self._ents[i].nl == -1:
+                self._set_entry(i, -1)
+            if self._ents[i].nl >= 0:
+                seen.setdefault(
+                    PyUnicode_DecodeUTF8(p + self._ents[i].ls, self._ents[i].nl, "replace"), None
+                )
         return list(seen)
 
     def __getitem__(self, str name):
