@@ -157,7 +157,7 @@ def passed(checks: list[Check]) -> bool:
 def format_checks(checks: list[Check]) -> str:
     """The thresholds section of the report, ending with the verdict line."""
     if not checks:
-        return "Thresholds: none set"
+        return "Thresholds: none set (e.g. --max-failed 0.5% --max-setup-p99 250ms --min-rate 0.99)"
     lines = ["Thresholds:"] + ["  " + c.line() for c in checks]
     bad = sum(not c.ok for c in checks)
     lines.append(
