@@ -104,7 +104,6 @@ class Worker:
         self.answered = 0
         self.failed = 0
         self.completed = 0
-        self.remote_active = 0
         self.has_cmd = False
         self.max_gap = 0.0
         self.cdr_writer: Any = None
@@ -280,7 +279,10 @@ class Worker:
                 self._gen = gen
                 self._rate = rate
                 self._anchor(now)
-            if rate > 0 and self.has_cmd and self.client.connected:
+            client = self.client
+            # a full socket buffer (the slave stopped reading) holds offers back; the
+            # rate clock keeps running and catches up (at most a second) once it drains
+            if rate > 0 and self.has_cmd and client.connected and client.writable:
                 delay = self._offer(now, rate)
             elif not self.has_cmd and not self._warned_no_cmd:
                 self._warned_no_cmd = True
