@@ -27,6 +27,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="fewer rounds and a smaller generated stream (a smoke run on a busy machine)",
     )
+    # system benchmarks (benchmarks/_support.py): the 10-minute soaks run only when asked
+    parser.addoption(
+        "--soak",
+        action="store_true",
+        default=False,
+        help="also run the soak benchmarks (test_bench_soak.py, ~10 min each)",
+    )
 
 
 @pytest.fixture(scope="session")
