@@ -375,3 +375,39 @@ def test_stop_requests_count_real_signals():
             assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
         assert signal.getsignal(signal.SIGINT) == stops._on_sigint
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_latency_tail_reads_appended_batches_only(tmp_path):
+    """The live latency reader follows a CDR file as a worker writes it, batch by batch,
+    including a batch cut in the middle (it is read once complete)."""
+    import numpy as np
+
+    from fastswitch.cli.latency import LatencyTail
+    from fastswitch.measure import CDR_COLUMNS, CDRWriter
+
+    def row(i: int, setup: float) -> tuple:
+        r = dict.fromkeys(CDR_COLUMNS)
+        r.update(caller_create=1000.0 + i, caller_answer=1000.0 + i + setup, row_kind="call")
+        r.update(failed=False, call_uuid=f"u{i}")
+        return tuple(r[c] for c in CDR_COLUMNS)
+
+    path = tmp_path / "cdr-0.arrows"
+    w = CDRWriter(path, flush_rows=10_000, flush_ms=1e9)
+    tail = LatencyTail(tmp_path, every=0.0)
+    assert tail.percentiles() == (None, None, None)
+    for i in range(100):
+        w.append(row(i, 0.001 * (i + 1)))  # 1 ms .. 100 ms
+    w.flush()
+    p50, p95, p99 = tail.percentiles()
+    assert p50 == pytest.approx(np.percentile(np.arange(1, 101) / 1000, 50))
+    assert p99 == pytest.approx(np.percentile(np.arange(1, 101) / 1000, 99))
+    offset = tail._files[path].offset
+    assert offset == path.stat().st_size  # everything consumed
+    w.append(row(100, 5.0))
+    w.flush()
+    whole = path.read_bytes()
+    path.write_bytes(whole[: offset + (len(whole) - offset) // 2])  # a batch half written
+    assert tail.percentiles()[2] == pytest.approx(p99)  # not read yet
+    path.write_bytes(whole)
+    assert tail.percentiles()[2] > p99  # the 5 s call is in now
+    w.close()
