@@ -114,6 +114,7 @@ class Worker:
         self._t0 = 0.0
         self._sent0 = 0
         self._lag = 0
+        self._last_sent = 0.0
         self._tick_handle: asyncio.TimerHandle | None = None
         self._hb_handle: asyncio.TimerHandle | None = None
         self._sec_handle: asyncio.TimerHandle | None = None
@@ -275,10 +276,13 @@ class Worker:
         if d[C.H_STATE] == ORIGINATING and d[b + C.W_ENABLED]:
             rate = d[b + C.W_RATE]
             gen = d[C.H_GENERATION]
-            if gen != self._gen or rate != self._rate:
+            if gen != self._gen:  # (re)start: the first call goes at once
                 self._gen = gen
                 self._rate = rate
                 self._anchor(now)
+            elif rate != self._rate:  # new rate: keep the phase, next call 1/rate after the last
+                self._rate = rate
+                self._anchor(max(now, self._last_sent + 1.0 / rate) if rate > 0 else now)
             client = self.client
             # a full socket buffer (the slave stopped reading) holds offers back; the
             # rate clock keeps running and catches up (at most a second) once it drains
@@ -291,14 +295,15 @@ class Worker:
             self._gen = -1.0  # re-anchor when offering resumes
         self._tick_handle = loop.call_at(now + delay, self._tick)
 
-    def _anchor(self, now: float) -> None:
-        # one call is due at once, then one every 1/rate
-        self._t0 = now
+    def _anchor(self, t0: float) -> None:
+        # one call is due at t0, then one every 1/rate
+        self._t0 = t0
         self._sent0 = self.originated
 
     def _offer(self, now: float, rate: float) -> float:
         d, b = self.d, self.b
-        due = int((now - self._t0) * rate) + 1 - (self.originated - self._sent0)
+        x = (now - self._t0) * rate
+        due = (int(x) if x >= 0 else -1) + 1 - (self.originated - self._sent0)
         if due <= 0:
             self._lag = 0
         else:
@@ -326,6 +331,8 @@ class Worker:
                 self.log.warning("originate failed: %s", exc)
             self.originated += sent
             self.active += sent
+            if sent:
+                self._last_sent = now
             if sent < due:
                 # held back by limit / max_sessions (or an error): nothing is owed later;
                 # poll for room at the call interval
