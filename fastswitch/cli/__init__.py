@@ -147,7 +147,7 @@ def _add_load_options(p: argparse.ArgumentParser, demo: bool) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command."""
-    from fastswitch import __version__
+    from fastswitch import PARSER, __version__
 
     parser = _Parser(
         prog="fastswitch",
@@ -155,7 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"fastswitch {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"fastswitch {__version__} (ESL parser: {PARSER})"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     demo = sub.add_parser(

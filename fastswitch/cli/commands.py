@@ -263,6 +263,8 @@ def print_report(
     for f in report.files:
         if f.name in (REPORT_PNG, REPORT_HTML) or f.suffix == ".txt":
             print(f"wrote {f}")
+    if (run_dir / LOG_FILE).exists():
+        print(f"log   {run_dir / LOG_FILE}")
     sys.stdout.flush()
     return EXIT_OK if all(c.ok for c in report.checks) else EXIT_THRESHOLD
 
