@@ -49,6 +49,8 @@ CAUSE_SIP = {
     "INCOMPATIBLE_DESTINATION": 488,
     "MEDIA_TIMEOUT": 408,
 }
+# events that carry no variable_* headers (switch_channel_event_set_extended_data)
+NO_VARIABLES = frozenset({"CHANNEL_STATE", "CHANNEL_CALLSTATE", "CHANNEL_OUTGOING", "CODEC"})
 MILESTONES = ("created", "answered", "progress", "pmedia", "hangup")
 DURATIONS = (
     "duration billsec progresssec answersec waitsec progress_mediasec flow_billsec "
@@ -121,6 +123,7 @@ class Leg:
         # "b" once bert_test ran, "p" once a playback did:
         # these change the channel variables, so they choose the templates
         self.history = ""
+        self.reason = False  # the far end's BYE/CANCEL/refusal carried a Q.850 Reason
         self.bert_lost_count = 0
         self.created_wall = core.loop.time()
         core.session_counter += 1
@@ -152,19 +155,27 @@ class Leg:
             return
         app = self.values["app"] if name.startswith("CHANNEL_EXECUTE") else variant
         t = self.t
-        h = self.history
-        ans = (
-            ("1" if t["answered"] else "0")
-            + ("b" if "b" in h else "")
-            + ("e" if t["pmedia"] else "")
-            + ("m" if msg or any(a[3] for a in self.apps) else "")
-            + ("p" if "p" in h else "")
-            + ("r" if t["progress"] else "")
-        )
+        if name in NO_VARIABLES or name.startswith("CUSTOM::"):
+            # events without channel variables: only the Caller-* times tell the history
+            ans = (
+                ("1" if t["answered"] else "0")
+                + ("e" if t["pmedia"] else "")
+                + ("r" if t["progress"] else "")
+            )
+        else:
+            h = self.history
+            ans = (
+                ("1" if t["answered"] else "0")
+                + ("b" if "b" in h else "")
+                + ("e" if t["pmedia"] else "")
+                + ("m" if msg or any(a[3] for a in self.apps) else "")
+                + ("p" if "p" in h else "")
+                + ("r" if t["progress"] else "")
+            )
         if name.startswith("CUSTOM::"):
             key = f"{self.role}|{name}|{self.cs}|{self.callstate}|{self.answer}|||{ans}||"
         else:
-            disp = self.values["disposition"]
+            disp = self.values["disposition"] + ("+reason" if self.reason else "")
             n = "+" if nested else ""
             key = f"{self.role}|{name}|{self.cs}|{self.callstate}|{self.answer}|{app}|{self.cause}|{ans}|{disp}|{n}"
         core.emit(key, name, self.enc, {self.blockname: self.block})
@@ -408,12 +419,14 @@ class Leg:
         disposition: str | None = None,
         term_status: str = "",
         notify: bool = True,
+        reason: bool = False,
     ) -> None:
         """Hang up this leg: the captured order HANGUP, EXECUTE_COMPLETE(apps), STATE,
         CALLSTATE(HANGUP), STATE, HANGUP_COMPLETE, [BACKGROUND_JOB], DESTROY, STATE."""
         if self.hungup:
             return
         self.hungup = True
+        self.reason = reason
         for h in self.timers:
             h.cancel()
         self.timers.clear()
@@ -466,14 +479,24 @@ class Leg:
                 if answered:
                     self.send("BYE", cause)
                 else:
+                    # a bare `respond` code carries no Reason header; a hangup cause does
                     code = CAUSE_SIP.get(cause, 503) if not term_status else int(term_status)
-                    self.send("REJECT", code, cause)
+                    self.send("REJECT", code, cause, not term_status)
         self.set_state("CS_HANGUP")
         self.set_callstate("HANGUP")
         self.set_state("CS_REPORTING")
         self.fire("CHANNEL_HANGUP_COMPLETE")
+        delay = core.cfg.originate_fail_delay
+        if self.job and not self.job.done and delay > 0:
+            # the originate thread notices the failure, reports it and only then lets
+            # the session go (the session still counts against the limits meanwhile)
+            core.loop.call_later(delay, self._finish)
+        else:
+            self._finish()
+
+    def _finish(self) -> None:
         if self.job and not self.job.done:
-            self.job.finish(f"-ERR {cause}\n")
+            self.job.finish(f"-ERR {self.cause}\n")
         self.fire("CHANNEL_DESTROY")
         self.set_state("CS_DESTROY")
         self.destroy()

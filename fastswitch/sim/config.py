@@ -113,6 +113,9 @@ class SimConfig:
     hostname: str = field(default_factory=socket.gethostname)
     answer_delay: float = 0.0  # seconds the dialplan's answering extensions ring first (180)
     post_dial_delay: float = 0.0  # seconds between the INVITE leaving and the B-leg arriving
+    # seconds a failed originate holds its A-leg (and session) after HANGUP_COMPLETE before
+    # BACKGROUND_JOB -ERR and CHANNEL_DESTROY (FreeSWITCH's originate thread, capture s)
+    originate_fail_delay: float = 0.02
     reject_mix: dict[Any, float] = field(default_factory=dict)  # {sip code: probability}
     sps: int = 1000
     max_sessions: int = 4000

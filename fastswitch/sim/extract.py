@@ -228,7 +228,8 @@ def key_of(role: str, pairs: list[tuple[str, str]], nested: bool = False) -> str
             app,
             d.get("Hangup-Cause", ""),
             history(d),
-            d.get("variable_sip_hangup_disposition", ""),
+            d.get("variable_sip_hangup_disposition", "")
+            + ("+reason" if "variable_sip_reason" in d else ""),
             "+" if nested else "",
         )
     )

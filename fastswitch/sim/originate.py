@@ -220,17 +220,26 @@ def originate(core: Core, arg: str, on_done: Callable[[str], None], job_uuid: st
     leg.fire("CHANNEL_CREATE")
     leg.fire("CHANNEL_ORIGINATE")
     leg.set_state("CS_ROUTING")
+    leg.later(d.timeout, _no_answer, leg)
     if core.sip.unreachable(d):
         # nothing listens there: sofia gets a 503 at once (ICMP), still in CS_ROUTING
         leg.hangup("NORMAL_TEMPORARY_FAILURE", "recv_refuse", term_status="503")
         return
-    leg.set_state("CS_CONSUME_MEDIA")
-    leg.later(d.timeout, _no_answer, leg)
     pdd = core.cfg.post_dial_delay
+    if pdd <= 0 and not core.cfg.reject_mix and core.sip.is_local(d.hostport):
+        # loop-back through this very server: the inbound leg is created (or refused by
+        # the session limits, a 503) before anything else happens, as in capture s
+        if not core.take_session():
+            leg.hangup("NORMAL_TEMPORARY_FAILURE", "recv_refuse", term_status="503")
+            return
+        leg.set_state("CS_CONSUME_MEDIA")
+        core.sip.invite(leg, d, session_taken=True)
+        return
+    leg.set_state("CS_CONSUME_MEDIA")
     if pdd > 0:
         leg.later(pdd, _dial, leg, d)
     else:
-        loop.call_soon(_dial, leg, d)
+        _dial(leg, d)
 
 
 def _no_answer(leg: Leg) -> None:
@@ -252,7 +261,8 @@ def _dial(leg: Leg, d: Dial) -> None:
             if r < acc:
                 status, cause = reject_cause(code)
                 if status:
-                    leg.hangup(cause, "recv_refuse", term_status=str(status))
+                    reason = str(code).lower().endswith("q")
+                    leg.hangup(cause, "recv_refuse", term_status=str(status), reason=reason)
                 return  # "noanswer": ring until originate_timeout
     core.sip.invite(leg, d)
 

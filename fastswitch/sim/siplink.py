@@ -26,13 +26,21 @@ if TYPE_CHECKING:
 
 
 class LocalChannel:
-    """Both legs in this process: deliver on the next loop iteration."""
+    """Both legs in this process.
+
+    An INVITE is handled at once (the B-leg exists before the next command is read,
+    as with FreeSWITCH's loop-back through its own SIP stack, which matters for the
+    session limits); every other message on the next loop iteration.
+    """
 
     def __init__(self, link: SipLink) -> None:
         self.link = link
 
     def send(self, direction: str, msg: tuple[Any, ...]) -> None:
-        self.link.core.loop.call_soon(self.link.dispatch, direction, msg, self)
+        if msg[0] == "INVITE":
+            self.link.dispatch(direction, msg, self)
+        else:
+            self.link.core.loop.call_soon(self.link.dispatch, direction, msg, self)
 
 
 class SipConnection(asyncio.Protocol):
@@ -148,8 +156,14 @@ class SipLink:
             bool(d.fs_path) and routes.get(d.fs_path.removeprefix("sip:")) in bad
         )
 
-    def invite(self, leg: Leg, d: Dial) -> None:
-        """Send the A-leg's INVITE towards the destination in its dial string."""
+    def is_local(self, hostport: str) -> bool:
+        """True when calls to ``hostport`` loop back into this server."""
+        target = self.core.cfg.routes.get(hostport, hostport)
+        return target == self.own or target in self.not_sim
+
+    def invite(self, leg: Leg, d: Dial, session_taken: bool = False) -> None:
+        """Send the A-leg's INVITE towards the destination in its dial string
+        (``session_taken``: the inbound leg's session was already accounted)."""
         chan = self.channel_for(d.hostport)
         if chan is None:
             leg.hangup("NORMAL_TEMPORARY_FAILURE", "recv_refuse", term_status="503")
@@ -162,7 +176,7 @@ class SipLink:
         self.a_dialogs[cid] = leg
         xh = [(k, v) for k, v in leg.block if k.startswith("sip_h_X-")]
         cid_num = leg.getvar("origination_caller_id_number") or "0000000000"
-        chan.send("B", ("INVITE", cid, d.user, xh, cid_num, d.profile, self.own))
+        chan.send("B", ("INVITE", cid, d.user, xh, cid_num, d.profile, self.own, session_taken))
 
     def forget(self, leg: Leg) -> None:
         if leg.call_id:
@@ -181,10 +195,13 @@ class SipLink:
             leg = self.b_dialogs.get(cid)
             if leg is None:
                 return
+            reason = True  # FreeSWITCH's BYE/CANCEL carry "Reason: Q.850;cause=..."
             if kind == "CANCEL":
-                leg.hangup("ORIGINATOR_CANCEL", "recv_cancel", term_status="487", notify=False)
+                leg.hangup(
+                    "ORIGINATOR_CANCEL", "recv_cancel", term_status="487", notify=False, reason=reason
+                )
             elif kind == "BYE":
-                leg.hangup("NORMAL_CLEARING", "recv_bye", notify=False)
+                leg.hangup("NORMAL_CLEARING", "recv_bye", notify=False, reason=reason)
             elif kind == "BERT":
                 _bert_peer(leg)
             return
@@ -198,16 +215,17 @@ class SipLink:
         elif kind == "ANSWER":
             leg.on_answer()
         elif kind == "REJECT":
-            leg.hangup(msg[3], "recv_refuse", term_status=str(msg[2]), notify=False)
+            reason = bool(msg[4]) if len(msg) > 4 else False
+            leg.hangup(msg[3], "recv_refuse", term_status=str(msg[2]), notify=False, reason=reason)
         elif kind == "BYE":
-            leg.hangup("NORMAL_CLEARING", "recv_bye", notify=False)
+            leg.hangup("NORMAL_CLEARING", "recv_bye", notify=False, reason=True)
         elif kind == "BERT":
             _bert_peer(leg)
 
     def _invite(self, cid: str, msg: tuple[Any, ...], chan: Any) -> None:
-        _, _, dest, xh, cid_num, profile, from_addr = msg
+        _, _, dest, xh, cid_num, profile, from_addr, taken = msg
         core = self.core
-        if not core.take_session():
+        if not taken and not core.take_session():
             chan.send("A", ("REJECT", cid, 503, "NORMAL_TEMPORARY_FAILURE"))
             return
         from_host = str(from_addr).rpartition(":")[0]

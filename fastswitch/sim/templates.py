@@ -354,11 +354,17 @@ class TemplateStore:
     def _generalisations(cls, key: str) -> list[str]:
         fields = key.split("|")
         out = []
+        # the disposition variable may not be set yet on an event: try "" (keeping
+        # whether a Reason was received) before giving the field up
+        bare = "+reason" if fields[8].endswith("+reason") else ""
         for step in cls._STEPS:
             f = list(fields)
             for i in step:
                 f[i] = "*"
             out.append("|".join(f))
+            if 8 not in step and f[8] != bare:
+                f[8] = bare
+                out.append("|".join(f))
         f = fields[:2] + ["*"] * (len(fields) - 2)
         out.append("|".join(f))
         return out
