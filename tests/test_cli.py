@@ -114,10 +114,11 @@ def test_demo_with_a_ramp_runs_a_simulated_cluster_and_reports(tmp_path):
 
 @pytest.fixture(scope="module")
 def passing_run(slaves, tmp_path_factory):
-    """A short ``run`` with options and thresholds that hold."""
+    """A short ``run`` with options (a whole originate command) and thresholds that hold."""
     run_dir = tmp_path_factory.mktemp("runs") / "pass"
+    cmd = f"originate {{originate_timeout=20,sip_h_X-Test=fs}}sofia/external/{dest(slaves)} &park()"
     r = fastswitch(
-        "run", *hosts(slaves), "--dest-url", dest(slaves), "--profile", "external",
+        "run", *hosts(slaves), "--originate-cmd", cmd,
         "--rate", "20", "--limit", "100", "--duration", "1s", "--time", "3s",
         "--app", "bert:3", "--app", "block486:1",
         "--max-failed", "60%", "--max-setup-p99", "5s", "--min-rate", "0.5",
@@ -126,7 +127,7 @@ def passing_run(slaves, tmp_path_factory):
     return r, run_dir
 
 
-def test_run_with_options_passes_thresholds(passing_run):
+def test_run_with_options_passes_thresholds(passing_run, slaves):
     r, run_dir = passing_run
     assert r.returncode == 0, r.stderr + r.stdout
     out = r.stdout
@@ -139,6 +140,12 @@ def test_run_with_options_passes_thresholds(passing_run):
     assert saved["offered"] > 0 and saved["offering_time"] > 0
     # the block486 app is a quarter of the calls: they fail with USER_BUSY
     assert "USER_BUSY" in out
+    # the whole originate command was used, with fastswitch's tracking variables added
+    settings = json.loads((run_dir / "settings.json").read_text())
+    for template in settings["initial"]["originate_cmd"]:
+        assert "originate_timeout=20," in template and ",sip_h_X-Test=fs}" in template
+        assert "origination_uuid={uuid_str},fastswitch_client={app_id}" in template
+        assert template.endswith(f"}}}}sofia/external/{dest(slaves)} &park()")
 
 
 def test_report_writes_png_and_html(passing_run):
@@ -255,6 +262,8 @@ def test_list_apps_and_version():
     assert "parameters:" in r.stdout
     r = fastswitch("--version")
     assert r.returncode == 0 and r.stdout.startswith("fastswitch ")
+    r = fastswitch("sim", "--help")  # delegated to fastswitch.sim.main
+    assert r.returncode == 0 and "--answer-delay" in r.stdout
 
 
 # -- terminal keys ----------------------------------------------------------------------------
