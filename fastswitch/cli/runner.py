@@ -195,8 +195,8 @@ class LoadTest:
             self.orig.rate = sp.rate
         if last is None or sp.limit != last.limit:
             self.orig.limit = sp.limit
-        if sp.hold is not None and (last is None or sp.hold != last.hold or sp.rate != last.rate):
-            self.orig.duration = sp.hold  # after rate/limit: they may recompute it
+        if sp.hold is not None and (last is None or sp.hold != last.hold):
+            self.orig.duration = sp.hold  # a given hold time turns the automatic one off
         self.applied = sp
 
     def drain_time(self) -> float:
