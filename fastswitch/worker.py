@@ -53,6 +53,11 @@ _MIN_TICK = 0.005  # above 200 cps calls go out in 5 ms batches (one loop pass, 
 _HOLD_SLOT = 0.005  # hold timers are grouped into 5 ms slots: one TimerHandle per slot
 
 
+def _ignore(fut: asyncio.Future) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
 def _err(exc: BaseException) -> tuple[str, str, str]:
     return ("error", type(exc).__name__, str(exc) or type(exc).__name__)
 
@@ -186,6 +191,18 @@ class Worker:
         self._cause_col = CDR_COLUMNS.index("hangup_cause")
 
     def _on_connect(self, client: Any) -> None:
+        if client.connections > 1:
+            # after a reconnection the calls this worker left on the slave have no hold
+            # timer and no tracking any more: end them (A-legs carrying our app ids; their
+            # B-legs follow). Written before any new originate, so only orphans match.
+            self.log.warning(
+                "reconnected to %s:%d; clearing the calls left over", self.host, self.port
+            )
+            for app_id in client.apps.apps:
+                fut = client.api(
+                    f"hupall NORMAL_CLEARING fastswitch_client {app_id}", errcheck=False
+                )
+                fut.add_done_callback(_ignore)
         self.d[self.b + C.W_CONNECTED] = 1.0
 
     def _on_disconnect(self, client: Any, cause: BaseException, lost: tuple) -> None:

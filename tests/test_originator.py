@@ -419,3 +419,31 @@ def test_bert_fails_calls_that_lose_sync(slaves, make):
     assert df["caller_answer"].notna().all() and df["callee_answer"].notna().all()
     assert (df["caller_hangup"] - df["caller_answer"] < 5).all()
     assert o.failures == {"MEDIA_TIMEOUT": 4}
+
+
+def test_slave_connection_drop_recovers(slaves, make, caplog):
+    (s0, c0), (s1, c1), _ = slaves
+    caplog.set_level(logging.INFO, logger="fastswitch")
+    o = make([s0.address, s1.address], rate=100, limit=1000, duration=5)
+    for client, cfg in zip(o.pool.clients, (c0, c1), strict=True):
+        client.set_orig_cmd(_dest(cfg))
+    o.load_app(Park)
+    o.start()
+    assert wait_for(lambda: o.slave_stats()[0]["originated"] >= 20, 10)
+    with pytest.raises(Exception):  # noqa: B017 - the slave aborts before replying
+        o.pool.clients[0].api("sim fault drop")
+    # the worker reconnects by itself and slave 0 takes calls again
+    assert wait_for(lambda: any("reconnected" in m for m in caplog.messages), 10)
+    before = o.slave_stats()[0]["originated"]
+    assert wait_for(lambda: o.slave_stats()[0]["originated"] >= before + 20, 10)
+    assert o.pool.clients[0].is_alive()
+    # the calls up when the connection dropped were closed as lost in the records ...
+    df = o.measurers.stores.CDR
+    lost = set(df.loc[df["lost"].notna(), "call_uuid"])
+    assert lost and set(df.loc[df["lost"].notna(), "slave"]) == {f"{s0.address[0]}:{s0.address[1]}"}
+    # ... and hung up on the slave (a reconnected worker clears what it lost track of)
+    channels = o.pool.clients[0].api("show channels")
+    up = {line.split(",", 1)[0] for line in channels.splitlines()[1:] if "," in line}
+    assert up and not (lost & up)
+    o.hupall()
+    assert wait_for(lambda: o.count_calls() == 0, 15)
