@@ -14,6 +14,8 @@ After :class:`~fastswitch.errors.ESLProtocolError` a :class:`Parser` is unusable
 
 from collections.abc import Mapping
 
+cimport cython
+
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdlib cimport free, malloc, realloc
@@ -202,6 +204,7 @@ cdef int[11] _HOT_LEN
 _HOT_LEN[:] = [10, 14, 9, 8, 19, 14, 12, 12, 20, 14, 14]
 
 
+@cython.final
 cdef class Event:
     """A decoded FreeSWITCH event: a read-only ``Mapping[str, str]`` of its headers.
 
@@ -559,6 +562,7 @@ cdef Event _make_event(int fmt, bytes raw, Py_ssize_t bs, Py_ssize_t be, Py_ssiz
     return ev
 
 
+@cython.final
 cdef class Frame:
     """One ESL message: its outer headers, body and (for events) the decoded event."""
 
@@ -633,6 +637,7 @@ cdef str _ctype(const char* p, Py_ssize_t n):
     return PyUnicode_DecodeUTF8(p, n, "replace")
 
 
+@cython.final
 cdef class Parser:
     """Incremental ESL frame parser.
 
