@@ -32,9 +32,11 @@ DEMO_HOLD = 3.0
 POST_DIAL_DELAYS = (0.02, 0.08, 0.15, 0.04)
 #: SIP rejections each simulated callee gives: {code: probability}.
 REJECT_MIX: dict[Any, float] = {486: 0.02, 503: 0.01, 404: 0.005}
-#: Default call flows: mostly held calls with an audio check, a few blocked or ringing ones.
+#: Default call flows: held calls (half parked, a third with mod_bert's audio check), and a few
+#: the callee rejects (486 busy) or lets ring until the caller gives up.
 DEMO_APPS = (
-    AppSpec("bert", 85),
+    AppSpec("park", 50),
+    AppSpec("bert", 35),
     AppSpec("block486", 10),
     AppSpec("ringback", 5, {"caller_hup_after": 2, "ring_response": "ring_ready"}),
 )
