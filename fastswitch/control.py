@@ -18,6 +18,7 @@ Layout (slot indexes)::
       6 RATE          cluster rate (informational; workers use their share)
       7 LIMIT         cluster limit (informational)
       8 MAX_SESSIONS  cluster max_sessions (informational)
+      9 OWNER_PID     pid of the process that created the block
     worker i, at HEADER_SLOTS + i * WORKER_SLOTS (WORKER_SLOTS = 32 + len(CAUSES)):
       parent-written:
       0 W_RATE        calls/s this worker offers
@@ -48,6 +49,7 @@ views before closing so that no ``BufferError`` is raised.
 
 from __future__ import annotations
 
+import os
 from multiprocessing import shared_memory
 from typing import Any
 
@@ -164,7 +166,7 @@ def cause_index(cause: str | None) -> int:
 
 # header
 H_MAGIC, H_VERSION, H_NWORKERS, H_STATE, H_GENERATION, H_DURATION = 0, 1, 2, 3, 4, 5
-H_RATE, H_LIMIT, H_MAX_SESSIONS = 6, 7, 8
+H_RATE, H_LIMIT, H_MAX_SESSIONS, H_OWNER_PID = 6, 7, 8, 9
 HEADER_SLOTS = 16
 # worker slot fields
 W_RATE, W_LIMIT, W_MAX, W_ENABLED = 0, 1, 2, 3
@@ -223,6 +225,7 @@ class ControlBlock:
         d[H_VERSION] = VERSION
         d[H_NWORKERS] = nworkers
         d[H_STATE] = INITIAL
+        d[H_OWNER_PID] = os.getpid()
         for i in range(nworkers):
             d[cb.base(i) + W_MAX] = float("inf")
         return cb

@@ -309,20 +309,25 @@ def test_settings_live_and_validation(slaves, make):
         get_originator([s0.address], bogus=1)
 
 
-def _our_blocks() -> set[str]:
-    """Names of fastswitch control blocks in /dev/shm (recognised by their magic)."""
+def _our_blocks(owner: int | None = None) -> set[str]:
+    """Names of the fastswitch control blocks in /dev/shm created by process ``owner``
+    (default: this one), recognised by their magic and owner pid."""
     import struct
 
-    from fastswitch.control import MAGIC
+    from fastswitch.control import H_OWNER_PID, MAGIC
 
+    owner = os.getpid() if owner is None else owner
     out = set()
     for n in os.listdir("/dev/shm"):
         try:
             with open("/dev/shm/" + n, "rb") as f:
-                head = f.read(8)
+                head = f.read(8 * (H_OWNER_PID + 1))
         except OSError:
             continue
-        if len(head) == 8 and struct.unpack("d", head)[0] == MAGIC:
+        if len(head) < 8 * (H_OWNER_PID + 1):
+            continue
+        vals = struct.unpack(f"{H_OWNER_PID + 1}d", head)
+        if vals[0] == MAGIC and vals[H_OWNER_PID] == owner:
             out.add(n)
     return out
 
@@ -373,26 +378,22 @@ def test_script_app_in_main_without_guard(slaves, tmp_path):
     (s0, c0), _, _ = slaves
     script = tmp_path / "dial.py"
     script.write_text(SCRIPT)
-    before = _our_blocks()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(script),
-            *map(str, s0.address),
-            _dest(c0, "ctl"),
-            str(tmp_path / "run"),
-        ],
-        capture_output=True,
+    args = [sys.executable, str(script), *map(str, s0.address), _dest(c0, "ctl")]
+    with subprocess.Popen(
+        [*args, str(tmp_path / "run")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=60,
         env=env,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "FAILURES [('USER_BUSY', 4)]" in proc.stdout
+    ) as proc:
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-3000:]
+    assert "FAILURES [('USER_BUSY', 4)]" in out
     # the seed-format log lines of the script reached its stderr
-    assert "[INFO] fastswitch.Originator@['127.0.0.1'] originator.py:" in proc.stderr
-    assert _our_blocks() - before == set()
+    assert "[INFO] fastswitch.Originator@['127.0.0.1'] originator.py:" in err
+    # the interpreter's exit released the script's control block
+    assert _our_blocks(proc.pid) == set()
 
 
 def test_bert_fails_calls_that_lose_sync(slaves, make):
