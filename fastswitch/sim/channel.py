@@ -160,6 +160,7 @@ class Leg:
             ans = (
                 ("1" if t["answered"] else "0")
                 + ("e" if t["pmedia"] else "")
+                + ("n" if "n" in self.history else "")
                 + ("r" if t["progress"] else "")
             )
         else:
@@ -169,6 +170,7 @@ class Leg:
                 + ("b" if "b" in h else "")
                 + ("e" if t["pmedia"] else "")
                 + ("m" if msg or any(a[3] for a in self.apps) else "")
+                + ("n" if "n" in h else "")
                 + ("p" if "p" in h else "")
                 + ("r" if t["progress"] else "")
             )

@@ -195,7 +195,8 @@ def originate_vars(txt: str) -> dict[str, list[str]]:
 
 def history(d: dict[str, str]) -> str:
     """'1' answered / '0' not, then flags in order: b bert ran, e early media, m an app
-    started by sendmsg is running, p playback ran, r ringing (180) seen."""
+    started by sendmsg is running, n a SIP response came back, p playback ran, r ringing
+    (180) seen."""
     flags = "1" if d.get("Caller-Channel-Answered-Time", "0") != "0" else "0"
     if "variable_bert_stats_sync_lost" in d:
         flags += "b"
@@ -203,6 +204,10 @@ def history(d: dict[str, str]) -> str:
         flags += "e"
     if "variable_current_loop" in d:
         flags += "m"
+    if "variable_sip_reply_host" in d or (
+        d.get("Call-Direction") == "outbound" and "Caller-Network-Addr" in d
+    ):
+        flags += "n"
     if "variable_playback_ms" in d:
         flags += "p"
     if d.get("Caller-Channel-Progress-Time", "0") != "0":

@@ -230,6 +230,7 @@ def originate(core: Core, arg: str, on_done: Callable[[str], None], job_uuid: st
         # loop-back through this very server: the inbound leg is created (or refused by
         # the session limits, a 503) before anything else happens, as in capture s
         if not core.take_session():
+            leg.history += "n"  # the 503 is a SIP response (unlike an unreachable port)
             leg.hangup("NORMAL_TEMPORARY_FAILURE", "recv_refuse", term_status="503")
             return
         leg.set_state("CS_CONSUME_MEDIA")

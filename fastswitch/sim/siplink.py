@@ -198,7 +198,11 @@ class SipLink:
             reason = True  # FreeSWITCH's BYE/CANCEL carry "Reason: Q.850;cause=..."
             if kind == "CANCEL":
                 leg.hangup(
-                    "ORIGINATOR_CANCEL", "recv_cancel", term_status="487", notify=False, reason=reason
+                    "ORIGINATOR_CANCEL",
+                    "recv_cancel",
+                    term_status="487",
+                    notify=False,
+                    reason=reason,
                 )
             elif kind == "BYE":
                 leg.hangup("NORMAL_CLEARING", "recv_bye", notify=False, reason=reason)
@@ -208,6 +212,8 @@ class SipLink:
         leg = self.a_dialogs.get(cid)
         if leg is None:
             return
+        if "n" not in leg.history and kind != "BERT":
+            leg.history += "n"  # a response from the far end (sip_reply_host etc.)
         if kind == "RING":
             leg.on_ring()
         elif kind == "EARLY":
