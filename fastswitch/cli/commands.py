@@ -10,7 +10,9 @@ returns the exit code of the thresholds' verdict.
 from __future__ import annotations
 
 import argparse
+import logging
 import re
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -159,11 +161,9 @@ def configure_commands(orig: Any, cfg: RunConfig) -> None:
 LOG_FILE = "fastswitch.log"
 
 
-def setup_logging(run_dir: Path, debug: bool) -> Path:
+def setup_logging(run_dir: Path, debug: bool) -> logging.Handler:
     """Send fastswitch's log to ``fastswitch.log`` in the run directory (not the screen,
     where it would tear the live view); with ``--debug`` also to stderr, at DEBUG."""
-    import logging
-
     from fastswitch.log import SeedFormatter, log_to_stderr
 
     path = run_dir / LOG_FILE
@@ -175,7 +175,13 @@ def setup_logging(run_dir: Path, debug: bool) -> Path:
     logger.propagate = False
     if debug:
         log_to_stderr(logging.DEBUG)
-    return path
+    return handler
+
+
+def close_logging(handler: logging.Handler) -> None:
+    """Detach and close the run's log file handler."""
+    logging.getLogger("fastswitch").removeHandler(handler)
+    handler.close()
 
 
 def execute(
@@ -198,7 +204,7 @@ def execute(
 
     resolved = resolve_apps(cfg.apps)
     run_dir = make_run_dir(cfg.run_dir)
-    setup_logging(run_dir, getattr(args, "debug", False))
+    log_handler = setup_logging(run_dir, getattr(args, "debug", False))
     console = console or Console()
     mode = live_mode(args)
     interval = parse_duration(getattr(args, "interval", "0.5s") or "0.5s", "--interval")
@@ -214,8 +220,14 @@ def execute(
         f"fastswitch: connecting to {', '.join(f'{h}:{p}' for h, p in cfg.hosts)} ...",
         highlight=False,
     )
-    with children_ignore_sigint():
-        orig = get_originator(list(cfg.hosts), password=cfg.password, **settings)
+    try:
+        with children_ignore_sigint():
+            orig = get_originator(list(cfg.hosts), password=cfg.password, **settings)
+    except BaseException:
+        close_logging(log_handler)
+        if cfg.run_dir is None and not any(run_dir.glob("cdr-*.arrows")):
+            shutil.rmtree(run_dir, ignore_errors=True)  # nothing ran: leave no empty run behind
+        raise
     outcome = None
     keys = None
     try:
@@ -245,6 +257,7 @@ def execute(
             keys.close()
         with children_ignore_sigint():
             orig.shutdown()
+        close_logging(log_handler)
         if outcome is not None:
             outcome.save()
     cfg.thresholds.save(run_dir)
