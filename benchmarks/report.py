@@ -47,6 +47,16 @@ def _num(x: Any, fmt: str = ",.0f") -> str:
     return format(v, fmt)
 
 
+def _slope(xs: list[float], ys: list[float]) -> float:
+    """Least-squares slope (nan with fewer than 2 distinct xs)."""
+    n = len(xs)
+    if n < 2 or len(set(xs)) < 2:
+        return math.nan
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
+
+
 def _verdict(ok: bool | None) -> str:
     return "–" if ok is None else ("met" if ok else "not met")
 
@@ -77,6 +87,10 @@ def engine_section(path: Path, d: dict[str, Any]) -> list[str]:
         ]
         for k in sorted(rs, key=int):
             r = rs[k]
+            ok = [x for x in r["trials"] if x.get("sustained")]
+            r["worker_marginal_us_per_call"] = 1e6 * _slope(
+                [x["achieved"] for x in ok], [x["cpu_s"]["worker"] / x["window_s"] for x in ok]
+            )
             out.append(
                 f"| {k} | {_num(r['best_rate'])} | {_num(r['best_rate_per_worker'])} | "
                 f"{_num(r['worker_us_per_call'])} / {_num(r.get('worker_net_us_per_call'))} / "

@@ -92,8 +92,9 @@ def _summarize(
         "worker_net_us_per_call": median(t.worker_net_us_per_call for t in pool),
         "sim_net_us_per_call": median(t.sim_net_us_per_call for t in pool),
         # marginal cost: slope of the workers' CPU-seconds per second over the achieved rate
+        # of the sustained trials (an overloaded trial's CPU says nothing about its rate)
         "worker_marginal_us_per_call": 1e6
-        * slope([t.achieved for t in trials], [t.cpu_s["worker"] / t.window_s for t in trials]),
+        * slope([t.achieved for t in ok], [t.cpu_s["worker"] / t.window_s for t in ok]),
         "idle_cpu_per_s": idle,
         "trials": [t.as_dict() for t in trials],
     }
