@@ -403,7 +403,8 @@ def cmd_eval(core: Core, arg: str) -> str:
 
 
 def cmd_sim(core: Core, arg: str) -> str:
-    """``sim`` (show settings), ``sim <setting> <value>``, ``sim fault <name> [arg]``, ``sim stats``."""
+    """``sim`` (show settings), ``sim <setting> <value>``, ``sim fault <name> [arg]``,
+    ``sim stats``, ``sim refill`` (sessions-per-second budget back to full now)."""
     parts = arg.split(None, 1)
     if not parts:
         return json.dumps(core.cfg.to_dict(), sort_keys=True, default=str) + "\n"
@@ -411,6 +412,9 @@ def cmd_sim(core: Core, arg: str) -> str:
     value = parts[1] if len(parts) > 1 else ""
     if name == "fault":
         return faults.inject(core, value)
+    if name == "refill":  # refill the sessions-per-second budget now (tests, tools)
+        core.sps_tokens = core.cfg.sps
+        return f"+OK sessions per second budget {core.sps_tokens}\n"
     if name == "stats":
         return (
             json.dumps(

@@ -648,11 +648,12 @@ def _app_bert(leg: Leg, arg: str, then: Callable[[], None] | None) -> None:
     leg.bert_running = True
     if "b" not in leg.history:
         leg.history = "b" + leg.history
-    leg.send("BERT")
     timeout_ms = _int(leg.getvar("bert_timeout_ms"), 10000)
     leg.later(timeout_ms / 1000.0, bert_timeout, leg)
     if leg.bert_peer:
         bert_start_sync(leg)
+    else:
+        leg.send("BERT", 0.0)  # tell the far end our pattern is flowing
 
 
 def _int(v: str | None, default: int) -> int:
@@ -662,13 +663,24 @@ def _int(v: str | None, default: int) -> int:
         return default
 
 
-def bert_start_sync(leg: Leg) -> None:
-    """Both ends run bert_test: in_sync after the sync window (B-leg's first)."""
+def bert_start_sync(leg: Leg, deadline: float = 0.0) -> None:
+    """Both ends run bert_test: in_sync on both after the sync window, at one shared
+    (wall-clock) deadline, the B-leg's first (as in captures g and n)."""
     if leg.bert_sync_scheduled:
         return
     leg.bert_sync_scheduled = True
-    delay = leg.core.cfg.bert_sync_delay + (0.0 if leg.role == "B" else 0.0005)
+    if deadline <= 0:
+        deadline = time.time() + leg.core.cfg.bert_sync_delay
+        leg.send("BERT", deadline)
+    delay = deadline - time.time() + (0.0 if leg.role == "B" else 0.002)
     leg.later(delay, bert_in_sync, leg)
+
+
+def bert_peer(leg: Leg, deadline: float) -> None:
+    """The far end runs bert_test (``deadline`` > 0: when both get in sync)."""
+    leg.bert_peer = True
+    if leg.bert_running:
+        bert_start_sync(leg, deadline)
 
 
 def bert_in_sync(leg: Leg) -> None:

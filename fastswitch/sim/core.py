@@ -97,6 +97,7 @@ class Core:
         self.legs: dict[str, Leg] = {}
         self.listeners: list[EventSink] = []
         self.connections: set[Any] = set()
+        self.current_connection: Any = None  # the ESL connection running an api command
         self._wanted: dict[str, list[EventSink]] = {}
         self.globals: dict[str, str] = {
             "hostname": cfg.hostname,

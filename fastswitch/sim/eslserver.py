@@ -446,7 +446,11 @@ class EslConnection(asyncio.Protocol):
     def _api(self, line: str) -> None:
         cmd, _, arg = line.partition(" ")
         fire_api = self.core.api_event(cmd, arg)
-        result = api.execute(self.core, cmd, arg)
+        self.core.current_connection = self
+        try:
+            result = api.execute(self.core, cmd, arg)
+        finally:
+            self.core.current_connection = None
         if isinstance(result, str):
             fire_api()
             self.write_raw(api_response(result or "-ERR no reply\n"))

@@ -1,5 +1,7 @@
 """Fault injection for the simulated switch (``api sim fault <name> [arg]``).
 
+Faults hit every ESL connection except the one that sent the command.
+
 * ``drop`` — abort every ESL connection (no notice, as if the host died).
 * ``stall <seconds>`` — hold event delivery on every connection for that long
   (events queue up in each listener's bounded queue).
@@ -31,7 +33,8 @@ def inject(core: Core, spec: str) -> str:
             "-USAGE: sim fault drop|stall <seconds>|malformed|oversized [bytes]|rude|disconnect\n"
         )
     name = parts[0].lower()
-    conns = list(getattr(core, "connections", ()))
+    # every connection but the one that asked (so a test or tool keeps its control line)
+    conns = [c for c in getattr(core, "connections", ()) if c is not core.current_connection]
     if name == "drop":
         for c in conns:
             c.abort()

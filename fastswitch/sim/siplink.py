@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .channel import Leg, dialplan
+from .channel import Leg, bert_peer, dialplan
 
 if TYPE_CHECKING:
     from .core import Core
@@ -207,7 +207,7 @@ class SipLink:
             elif kind == "BYE":
                 leg.hangup("NORMAL_CLEARING", "recv_bye", notify=False, reason=reason)
             elif kind == "BERT":
-                _bert_peer(leg)
+                bert_peer(leg, float(msg[2]) if len(msg) > 2 else 0.0)
             return
         leg = self.a_dialogs.get(cid)
         if leg is None:
@@ -226,7 +226,7 @@ class SipLink:
         elif kind == "BYE":
             leg.hangup("NORMAL_CLEARING", "recv_bye", notify=False, reason=True)
         elif kind == "BERT":
-            _bert_peer(leg)
+            bert_peer(leg, float(msg[2]) if len(msg) > 2 else 0.0)
 
     def _invite(self, cid: str, msg: tuple[Any, ...], chan: Any) -> None:
         _, _, dest, xh, cid_num, profile, from_addr, taken = msg
@@ -257,11 +257,3 @@ class SipLink:
         leg.fire("CHANNEL_STATE")
         leg.set_state("CS_EXECUTE")
         leg.run_steps(dialplan(dest, core))
-
-
-def _bert_peer(leg: Leg) -> None:
-    from .channel import bert_start_sync
-
-    leg.bert_peer = True
-    if leg.bert_running:
-        bert_start_sync(leg)
