@@ -126,7 +126,7 @@ class Worker:
         self._warned_no_cmd = False
         self._warned_lag = 0.0
         self._dispatch = self.listener.dispatch
-        self._holds: dict[int, list[Any]] = {}  # hold-timer slot -> A-legs to hang up
+        self._holds: dict[int, list[str]] = {}  # hold-timer slot -> A-leg uuids to hang up
 
     # -- set-up ------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -377,17 +377,19 @@ class Worker:
                     if slot is None:
                         slot = self._holds[key] = []
                         self.loop.call_at(key * _HOLD_SLOT, self._hold_expired, key)
-                    slot.append(obj)
+                    slot.append(obj.uuid)  # not the Session: an ended call is freed at once
         self._dispatch(name, app_id, obj)
 
     def _hold_expired(self, key: int) -> None:
         """Hang up the A-legs whose hold time ended in this slot (at most 5 ms late)."""
         api = self.client.api
-        for sess in self._holds.pop(key, ()):
-            if sess.hungup or sess.call.done:
-                continue
+        sessions = self.listener.sessions
+        for uuid in self._holds.pop(key, ()):
+            sess = sessions.get(uuid)
+            if sess is None or sess.hungup:
+                continue  # the call already ended
             try:
-                api(f"uuid_kill {sess.uuid}", errcheck=False)
+                api(f"uuid_kill {uuid}", errcheck=False).add_done_callback(_ignore)
             except Exception:
                 return  # not connected: these calls are lost anyway
 
