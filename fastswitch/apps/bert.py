@@ -78,5 +78,8 @@ class Bert:
         if call.vars.get("app_verdict"):
             return
         call.vars["app_verdict"] = verdict
-        if not sess.hungup:
-            sess.hangup("MEDIA_TIMEOUT")  # the cause mod_bert's bert_hangup_on_error uses
+        # hang up the caller when this worker has it (the call's cause is the caller's),
+        # else this leg; MEDIA_TIMEOUT is the cause mod_bert's bert_hangup_on_error uses
+        leg = call.caller or sess
+        if not leg.hungup:
+            leg.hangup("MEDIA_TIMEOUT")
