@@ -691,6 +691,7 @@ class Originator:
             return
         self.log.info("starting originate loops")
         self._hupall_waiting = False
+        self._write_settings(only=("apps", "originate_cmd"))
         self._rebalance(force=True)
         self._allocate_max_sessions()
         self._set_state(ORIGINATING)
@@ -894,9 +895,15 @@ class Originator:
             "state": self.state,
         }
 
-    def _write_settings(self) -> None:
+    def _write_settings(self, only: tuple[str, ...] = ()) -> None:
+        """Record the settings in settings.json's ``initial`` (all of them at construction;
+        later only ``only``, e.g. the apps and commands, so the initial load settings and
+        their change history stay as they were)."""
+        data = self._settings()
+        if only:
+            data = {k: data[k] for k in only}
         try:
-            self._settings_log.set_initial(self._settings())
+            self._settings_log.set_initial(data)
         except OSError as exc:
             self.log.warning("could not write settings.json: %s", exc)
 
@@ -924,7 +931,6 @@ class Originator:
             self.waitwhile(lambda: self.count_calls() > 0, timeout=min(timeout, 3.0))
         else:
             self.stop()
-        self._write_settings()
         self._teardown(graceful=True, timeout=timeout)
 
     def _teardown(self, graceful: bool, timeout: float = 5.0) -> None:
