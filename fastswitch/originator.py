@@ -24,10 +24,12 @@ States: ``INITIAL`` -> ``ORIGINATING`` (``start()``) -> ``STOPPED`` (``stop()``,
 
 Coordination with the workers goes through one shared-memory block
 (:mod:`fastswitch.control`) for settings, shares and live counters, and through one pipe
-per worker for rare configuration (:mod:`fastswitch.pool`). A monitor thread watches the
-workers (process sentinel + heartbeat), rebalances the shares when a worker dies, is
-restarted, lags behind its rate or gets its originate command, and logs when all calls
-have ended after a hupall.
+per worker for rare configuration (:mod:`fastswitch.pool`). A monitor thread (every
+0.1 s) watches the workers (process sentinel: a dead worker is seen at the next tick;
+heartbeat: a hung one after ``heartbeat_timeout``), restarts dead ones, rebalances the
+shares when a worker dies, comes back, loses or regains its slave, lags behind its rate
+or gets its originate command, stops at ``max_sessions`` and logs when all calls have
+ended after a hupall.
 """
 
 from __future__ import annotations
@@ -1001,13 +1003,20 @@ def get_originator(
 ) -> Originator:
     """Start an Originator driving the slaves in ``contacts``.
 
-    ``contacts`` is a host name, a list of host names, or of ``(host, port[, password])``
-    pairs (default port 8021, password ``password``). Keyword settings: ``rate`` (30),
-    ``limit`` (1), ``max_sessions`` (inf), ``duration`` (auto), ``run_dir``,
+    ``contacts`` is a host name, a list of host names (``'host'`` or ``'host:port'``), or
+    of ``(host, port[, password])`` pairs (default port 8021, password ``password``).
+    Keyword settings: ``rate`` (30), ``limit`` (1), ``max_sessions`` (inf), ``duration``
+    (auto: ``limit / rate + 10``), ``run_dir`` (default ``./fastswitch-runs/<time>/``),
     ``connect_timeout`` (5 s), ``restart`` (True: restart dead workers),
-    ``heartbeat_timeout`` (2 s: an alive worker whose loop
-    stalls that long loses its share until it recovers; 5x that and it is killed), ``event_format`` ('plain'). Raises ConnectError /
-    AuthenticationError naming the slave when one cannot be used.
+    ``heartbeat_timeout`` (2 s: an alive worker whose loop stalls that long loses its
+    share until it recovers, 5x that and it is killed; a worker that dies is seen at the
+    next monitor tick, 0.1 s), ``event_format`` ('plain' or 'json'), ``client_options``
+    (extra :class:`~fastswitch.client.Client` keywords), ``log_level``,
+    ``log_max_per_sec`` (worker log records per second per logger and level, 50).
+
+    Every worker connects before this returns: :class:`ConnectError` /
+    :class:`AuthenticationError` name the slave that cannot be used (and nothing is
+    left running).
     """
     ensure_default_handler()
     return Originator(_normalize_contacts(contacts, password), **kwargs)
