@@ -325,6 +325,17 @@ def test_settings_live_and_validation(slaves, make):
     with pytest.raises(TypeError):
         get_originator([s0.address], bogus=1)
 
+    class Broken:
+        def prepost(self, client, listener, **kw):
+            raise ValueError(f"bad settings {sorted(kw)}")
+
+    # an app whose set-up fails in the workers fails load_app in the parent, all or nothing
+    with pytest.raises(ValueError, match=r"bad settings \['x'\]"):
+        o.load_app(Broken, ppkwargs={"x": 1})
+    assert o.apps == {}
+    assert o.pool.clients[0].stats()["apps"] == {}
+    assert o.load_app(Park, weight=3) == "Park" and o.apps == {"Park": 3}
+
 
 def _our_blocks(owner: int | None = None) -> set[str]:
     """Names of the fastswitch control blocks in /dev/shm created by process ``owner``
