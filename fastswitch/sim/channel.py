@@ -141,6 +141,7 @@ class Leg:
         self.blockname = "VARS" if role == "A" else "XHDRS"
         self.enc.set_block(self.blockname, self.block)
         self.enc.set_block("XHDRS" if role == "A" else "VARS", [])
+        self.enc.set_lazy(self._lazy_value)
         core.legs[uuid] = self
 
     # -- rendering -----------------------------------------------------------------------
@@ -455,8 +456,6 @@ class Leg:
             v["proto_cause"] = "sip:200"
         self.enc.update(v)
         self.mark("hangup")
-        if core.targets("CHANNEL_HANGUP_COMPLETE") or core.targets("CHANNEL_DESTROY"):
-            self._durations()
         self.set_answer("hangup")
         self.fire("CHANNEL_HANGUP")
         # the session thread does the rest, after the api command that hung up returns
@@ -510,40 +509,37 @@ class Leg:
         if self.core.sip is not None:
             self.core.sip.forget(self)
 
-    def _durations(self) -> None:
+    def _lazy_value(self, key: str) -> dict[str, str]:
+        """CDR durations (``d_*``), all computed the first time an event shows one."""
+        if not key.startswith("d_"):
+            raise KeyError(key)
         t = self.t
-        start, end = t["created"], t["hangup"]
+        start, end = t["created"], t["hangup"] or self.core.now_us
         ans, prog, pm = t["answered"], t["progress"], t["pmedia"]
-
-        def span(a: int, b: int) -> int:
-            return b - a if a and b else 0
-
-        u = {
-            "duration": span(start, end),
-            "bill": span(ans, end),
-            "progress": span(start, prog),
-            "answer": span(start, ans),
-            "wait": 0,
-            "progress_media": span(start, pm),
-            "flow_bill": span(start, end),
-        }
-        v: dict[str, str] = {}
         es, ee = start // 1_000_000, end // 1_000_000
-        v["d_duration"] = str(ee - es)
-        v["d_billsec"] = str(ee - ans // 1_000_000) if ans else "0"
-        v["d_progresssec"] = str(prog // 1_000_000 - es) if prog else "0"
-        v["d_answersec"] = str(ans // 1_000_000 - es) if ans else "0"
-        v["d_waitsec"] = "0"
-        v["d_progress_mediasec"] = str(pm // 1_000_000 - es) if pm else "0"
-        v["d_flow_billsec"] = str(ee - es)
-        v["d_mduration"] = str(u["duration"] // 1000)
-        v["d_uduration"] = str(u["duration"])
-        for k in ("bill", "progress", "answer", "wait", "progress_media", "flow_bill"):
-            v[f"d_{k}msec"] = str(u[k] // 1000)
-            v[f"d_{k}usec"] = str(u[k])
-        enc = self.enc
-        for k2, v2 in v.items():
-            enc.set_plain(k2, v2)
+        spans = {
+            "bill": end - ans if ans else 0,
+            "progress": prog - start if prog else 0,
+            "answer": ans - start if ans else 0,
+            "wait": 0,
+            "progress_media": pm - start if pm else 0,
+            "flow_bill": end - start,
+        }
+        v = {
+            "d_duration": str(ee - es),
+            "d_billsec": str(ee - ans // 1_000_000) if ans else "0",
+            "d_progresssec": str(prog // 1_000_000 - es) if prog else "0",
+            "d_answersec": str(ans // 1_000_000 - es) if ans else "0",
+            "d_waitsec": "0",
+            "d_progress_mediasec": str(pm // 1_000_000 - es) if pm else "0",
+            "d_flow_billsec": str(ee - es),
+            "d_mduration": str((end - start) // 1000),
+            "d_uduration": str(end - start),
+        }
+        for k, us in spans.items():
+            v[f"d_{k}msec"] = str(us // 1000)
+            v[f"d_{k}usec"] = str(us)
+        return v
 
 
 # -- applications ------------------------------------------------------------------------

@@ -51,10 +51,10 @@ class EventSink(Protocol):
     """What the core needs from an ESL listener."""
 
     fmt: str
+    filtering: bool  # True when passes() must see the event's headers (filters, myevents)
 
     def wants(self, name: str) -> bool: ...
     def passes(self, headers: dict[str, str]) -> bool: ...
-    def needs_headers(self) -> bool: ...
     def deliver(self, frame: bytes) -> None: ...
 
 
@@ -88,6 +88,7 @@ class Core:
         self.start_time = time.time()
         self._offset_us = self.rng.randrange(20000)
         self._sec = -1
+        self.tick_no = 0
         self._stamp_sec = -1
         self._stamp = ""
         self.now_us = 0
@@ -132,6 +133,7 @@ class Core:
         us = int((t * 1_000_000 - off) // 20000) * 20000 + off
         if us > self.now_us:
             self.now_us = us
+            self.tick_no += 1
         sec = self.now_us // 1_000_000
         tv = self.time_values
         tv["ts"] = str(self.now_us)
@@ -185,7 +187,7 @@ class Core:
 
     def _leg_defaults(self) -> templates.Encoded:
         """Slot values every new channel starts with (copied, not re-encoded, per leg)."""
-        from .channel import DURATIONS, MILESTONES
+        from .channel import MILESTONES
 
         values: dict[str, str] = {
             "core": self.core_uuid,
@@ -215,8 +217,6 @@ class Core:
             values["t_" + m] = "0"
             values["e_" + m] = "0"
             values["s_" + m] = ""
-        for d in DURATIONS:
-            values["d_" + d] = "0"
         return templates.Encoded(values).warm()
 
     # -- event bus -----------------------------------------------------------------------
@@ -262,8 +262,10 @@ class Core:
                 targets = self.targets(name)
             if not targets:
                 return
-            enc.url.update(self.time_url)
-            enc.json.update(self.time_json)
+            if enc.tick != self.tick_no:  # time slots change once per 20 ms tick
+                enc.tick = self.tick_no
+                enc.url.update(self.time_url)
+                enc.json.update(self.time_json)
         else:
             targets = self.targets(name)
             if not targets:
@@ -272,10 +274,16 @@ class Core:
         if tpl is None:
             return
         enc.url["seq"] = enc.json["seq"] = b"%d" % seq
+        if len(targets) == 1 and not targets[0].filtering:  # the common case
+            lst = targets[0]
+            fmt = lst.fmt
+            ev = tpl.render(fmt, enc.json if fmt == "json" else enc.url)
+            lst.deliver(HEAD[fmt] % len(ev) + ev)
+            return
         rendered: dict[str, bytes] = {}
         hdrs = None
         for lst in targets:
-            if lst.needs_headers():
+            if lst.filtering:
                 if hdrs is None:
                     raw = enc.raw
                     raw.update(self.time_values)

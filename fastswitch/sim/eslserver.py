@@ -69,6 +69,7 @@ class EslConnection(asyncio.Protocol):
         self.custom: set[str] = set()
         self.filters: list[tuple[str, str]] = []
         self.myevents: str | None = None
+        self.filtering = False
         self.logging: str | None = None
         self.paused = False
         self.blocked = False
@@ -114,7 +115,24 @@ class EslConnection(asyncio.Protocol):
     # -- output --------------------------------------------------------------------------
     def write_raw(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
+            self._flush()
             self.transport.write(data)
+
+    def reply(self, data: bytes, at: int | None = None) -> None:
+        """Queue a command reply with the events of this loop iteration (one write for a
+        burst of commands); ``at`` puts it before the events its command produced."""
+        if self.closing:
+            return
+        if self.paused or self.pending:
+            self.write_raw(data)  # replies never wait behind queued events
+            return
+        if at is None or at > len(self.out):
+            self.out.append(data)
+        else:
+            self.out.insert(at, data)
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.call_soon(self._flush)
 
     def close_after_write(self) -> None:
         self.closing = True
@@ -187,8 +205,10 @@ class EslConnection(asyncio.Protocol):
             return name not in self.excluded
         return name in self.subs
 
-    def needs_headers(self) -> bool:
-        return bool(self.filters) or self.myevents is not None
+    def _update_filtering(self) -> None:
+        """``filtering``: events must be matched against filters / the myevents uuid."""
+        self.filtering = bool(self.filters) or self.myevents is not None
+        self.core.subscriptions_changed()
 
     def passes(self, headers: dict[str, str]) -> bool:
         if self.myevents is not None and headers.get("unique-id") != self.myevents:
@@ -226,27 +246,32 @@ class EslConnection(asyncio.Protocol):
 
     def _process(self) -> None:
         buf = self.buf
-        while buf and not self.blocked and not self.closing:
-            while buf[:1] == b"\n":
-                del buf[:1]
-            end = buf.find(b"\n\n")
-            if end < 0:
-                return
-            lines = buf[:end].decode("utf-8", "surrogateescape").split("\n")
-            headers: dict[str, str] = {}
-            for line in lines[1:]:
-                k, _, v = line.partition(":")
-                headers[k.strip().lower()] = v.strip()
-            clen = int(headers.get("content-length", "0") or 0)
-            if len(buf) < end + 2 + clen:
-                return
-            body = bytes(buf[end + 2 : end + 2 + clen]).decode("utf-8", "surrogateescape")
-            del buf[: end + 2 + clen]
-            self.command(lines[0].strip(), headers, body)
+        pos = 0
+        n = len(buf)
+        try:
+            while pos < n and not self.blocked and not self.closing:
+                while pos < n and buf[pos] == 10:  # leading blank lines are skipped
+                    pos += 1
+                end = buf.find(b"\n\n", pos)
+                if end < 0:
+                    return
+                lines = buf[pos:end].decode("utf-8", "surrogateescape").split("\n")
+                headers: dict[str, str] = {}
+                for line in lines[1:]:
+                    k, _, v = line.partition(":")
+                    headers[k.strip().lower()] = v.strip()
+                clen = int(headers.get("content-length", "0") or 0)
+                if n < end + 2 + clen:
+                    return
+                body = bytes(buf[end + 2 : end + 2 + clen]).decode("utf-8", "surrogateescape")
+                pos = end + 2 + clen
+                self.command(lines[0].strip(), headers, body)
+        finally:
+            del buf[:pos]
 
     def command(self, cmd: str, headers: dict[str, str], body: str) -> None:
         low = cmd.lower()
-        w = self.write_raw
+        w = self.reply
         if low.startswith("exit") or low.startswith("..."):
             w(reply("+OK bye"))
             self.disconnect_notice(GOODBYE)
@@ -397,6 +422,7 @@ class EslConnection(asyncio.Protocol):
             v = v.strip()
             if h.lower() == "all":
                 self.filters.clear()
+                self._update_filtering()
                 return "+OK filter deleted. [all][]"
             if v:
                 self.filters = [
@@ -404,7 +430,7 @@ class EslConnection(asyncio.Protocol):
                 ]
             else:
                 self.filters = [(fh, fv) for fh, fv in self.filters if fh.lower() != h.lower()]
-            self.core.subscriptions_changed()
+            self._update_filtering()
             return f"+OK filter deleted. [{h}][{v}]"
         if parts[0].lower() == "add":
             arg = parts[1] if len(parts) > 1 else ""
@@ -413,6 +439,7 @@ class EslConnection(asyncio.Protocol):
         if not h or not v:
             return "-ERR invalid syntax"
         self.filters.append((h, v))
+        self._update_filtering()
         return f"+OK filter added. [{h}]=[{v}]"
 
     def _sendmsg(self, uuid: str, headers: dict[str, str], body: str) -> str:
@@ -437,6 +464,7 @@ class EslConnection(asyncio.Protocol):
         if self.myevents is not None:
             return "-ERR aready enabled."
         self.myevents = toks[0]
+        self._update_filtering()
         if len(toks) > 1 and toks[1].lower() in FORMATS:
             self.fmt = toks[1].lower()
         self.subs |= MYEVENTS
@@ -446,6 +474,7 @@ class EslConnection(asyncio.Protocol):
     def _api(self, line: str) -> None:
         cmd, _, arg = line.partition(" ")
         fire_api = self.core.api_event(cmd, arg)
+        at = len(self.out)
         self.core.current_connection = self
         try:
             result = api.execute(self.core, cmd, arg)
@@ -453,7 +482,7 @@ class EslConnection(asyncio.Protocol):
             self.core.current_connection = None
         if isinstance(result, str):
             fire_api()
-            self.write_raw(api_response(result or "-ERR no reply\n"))
+            self.reply(api_response(result or "-ERR no reply\n"), at)
             return
         self.blocked = True
 
@@ -468,7 +497,7 @@ class EslConnection(asyncio.Protocol):
 
     def _bgapi(self, line: str, headers: dict[str, str]) -> None:
         job = headers.get("job-uuid") or self.core.new_uuid()
-        self.write_raw(reply(f"+OK Job-UUID: {job}", f"Job-UUID: {job}\n"))
+        self.reply(reply(f"+OK Job-UUID: {job}", f"Job-UUID: {job}\n"))
         cmd, _, arg = line.partition(" ")
         core = self.core
         fire_api = core.api_event(cmd, arg)

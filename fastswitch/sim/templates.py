@@ -102,7 +102,7 @@ def encode_block(fmt: str, pairs: Sequence[tuple[str, str]], position: str = "t"
 class _Encodings(dict):  # type: ignore[type-arg]
     """Encoded slot values of one format; a missing key is encoded on first use."""
 
-    __slots__ = ("encode", "raw", "blocks", "fmt")
+    __slots__ = ("encode", "raw", "blocks", "lazy")
 
     def __missing__(self, key: str) -> bytes:
         if key[0] == "@":
@@ -110,7 +110,17 @@ class _Encodings(dict):  # type: ignore[type-arg]
             fmt = "json" if pos in ("t", "l") else ("xml" if pos == "x" else "plain")
             b = encode_block(fmt, self.blocks.get(name, ()), pos)
         else:
-            b = self.encode(self.raw[key])
+            v = self.raw.get(key)
+            if v is None:
+                if self.lazy is None:
+                    raise KeyError(key)
+                more = self.lazy(key)  # a group of values (e.g. all durations) at once
+                self.raw.update(more)
+                enc = self.encode
+                for k, mv in more.items():
+                    self[k] = enc(mv)
+                return self[key]
+            b = self.encode(v)
         self[key] = b
         return b
 
@@ -123,9 +133,10 @@ class Encoded:
     shows it is rendered (and then reused until it changes).
     """
 
-    __slots__ = ("raw", "url", "json", "blocks")
+    __slots__ = ("raw", "url", "json", "blocks", "tick")
 
     def __init__(self, values: Mapping[str, str] | None = None) -> None:
+        self.tick = -1  # the clock tick whose time values url/json hold
         self.raw: dict[str, str] = dict(values or {})
         self.blocks: dict[str, Sequence[tuple[str, str]]] = {}
         self.url = self._encodings(enc_url)
@@ -136,7 +147,13 @@ class Encoded:
         d.encode = fn
         d.raw = self.raw
         d.blocks = self.blocks
+        d.lazy = None
         return d
+
+    def set_lazy(self, fn: Callable[[str], dict[str, str]] | None) -> None:
+        """``fn(key)`` supplies values never set (a dict that includes ``key``, possibly
+        with related ones), when an event first shows them."""
+        self.url.lazy = self.json.lazy = fn
 
     def set(self, key: str, value: str) -> None:
         raw = self.raw
@@ -164,6 +181,7 @@ class Encoded:
     def copy(self) -> Encoded:
         """An independent copy (cheap: a few dict copies, encodings kept)."""
         new = Encoded.__new__(Encoded)
+        new.tick = -1
         new.raw = dict(self.raw)
         new.blocks = dict(self.blocks)
         new.url = new._encodings(enc_url)
