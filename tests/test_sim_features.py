@@ -20,7 +20,7 @@ import pytest
 from fastswitch.errors import ESLProtocolError
 from fastswitch.esl import Event, Frame, Parser
 from fastswitch.sim import SimConfig, SimServer
-from fastswitch.sim.pytest_plugin import sim_cluster  # noqa: F401  (fixture)
+from fastswitch.sim.pytest_plugin import sim_cluster, sim_server  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -631,3 +631,45 @@ def test_cli_runs_servers_until_interrupted() -> None:
     finally:
         proc.send_signal(2)
         assert proc.wait(timeout=15) == 0
+
+
+@pytest.mark.parametrize(
+    "sim_server", [{"hostname": "simhost", "fault_drop_after": 1.0}], indirect=True
+)
+def test_fixture_settings_and_scheduled_drop(sim_server: SimServer) -> None:  # noqa: F811
+    c = Esl(sim_server.address)
+    try:
+        c.command("event plain BACKGROUND_JOB")
+        assert c.api("global_getvar hostname") == "simhost"
+        c.send("bgapi status")
+        c.wait_count("BACKGROUND_JOB", 1)
+        assert c.events[0].get("FreeSWITCH-Hostname") == "simhost"
+        end = time.monotonic() + 4
+        while not c.closed and time.monotonic() < end:
+            c._fill(0.1)
+        assert c.closed, "fault_drop_after aborts the connection"
+        assert not c.frames, "dropped without a notice"
+    finally:
+        c.close()
+
+
+def test_cluster_on_consecutive_loopback_hosts() -> None:
+    from fastswitch.sim import SimCluster
+
+    with SimCluster(
+        count=2, spread_hosts=True, host="127.0.0.5", port=0, heartbeat_interval=0.0
+    ) as cl:
+        assert [a[0] for a in cl.addresses] == ["127.0.0.5", "127.0.0.6"]
+        assert [a[0] for a in cl.sip_addresses] == ["127.0.0.5", "127.0.0.6"]
+        a = Esl(cl[0].address)
+        try:
+            a.command("event plain CHANNEL_PARK BACKGROUND_JOB")
+            u = a.originate("sofia/external/doggy@{}:{}".format(*cl[1].sip_address))
+            assert a.job() == f"+OK {u}\n"
+            b = Esl(cl[1].address)
+            try:
+                assert b.api("show channels count") == "\n1 total.\n"
+            finally:
+                b.close()
+        finally:
+            a.close()

@@ -131,9 +131,9 @@ class SimConfig:
     max_missed: int = 500
     heartbeat_interval: float = 20.0
     auth_timeout: float = 25.0
-    # fault injection (one-shot faults are triggered with `api sim fault <name> [arg]`)
-    fault_drop_after: float = 0.0  # >0: drop every ESL connection this many seconds after start
-    fault_stall_after: float = 0.0  # >0: stall event delivery fault_stall_for seconds then
+    # scheduled faults (any fault can also be injected at once: `api sim fault <name> [arg]`)
+    fault_drop_after: float = 0.0  # >0: abort every ESL connection this long after start
+    fault_stall_after: float = 0.0  # >0: this long after start, stall event delivery for
     fault_stall_for: float = 0.0
     rude_rejection: bool = False  # reject every connection with text/rude-rejection
 

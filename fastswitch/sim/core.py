@@ -124,6 +124,14 @@ class Core:
         self._refill_handle = loop.call_later(1.0, self._refill)
         if cfg.heartbeat_interval > 0:
             loop.call_later(cfg.heartbeat_interval, self._heartbeat)
+        from . import faults
+
+        if cfg.fault_drop_after > 0:
+            loop.call_later(cfg.fault_drop_after, faults.inject, self, "drop")
+        if cfg.fault_stall_after > 0 and cfg.fault_stall_for > 0:
+            loop.call_later(
+                cfg.fault_stall_after, faults.inject, self, f"stall {cfg.fault_stall_for}"
+            )
 
     # -- clock -------------------------------------------------------------------------
     def tick(self) -> None:
