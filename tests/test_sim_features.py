@@ -641,7 +641,7 @@ def test_fixture_settings_and_scheduled_drop(sim_server: SimServer) -> None:  # 
     try:
         c.command("event plain BACKGROUND_JOB")
         assert c.api("global_getvar hostname") == "simhost"
-        c.send("bgapi status")
+        assert c.command("bgapi status").startswith("+OK Job-UUID: ")
         c.wait_count("BACKGROUND_JOB", 1)
         assert c.events[0].get("FreeSWITCH-Hostname") == "simhost"
         end = time.monotonic() + 4
