@@ -964,6 +964,13 @@ class Originator:
             self._log_queue.join_thread()
         except Exception:
             pass
+        # drop the queue and the bridge now: their named semaphores (/dev/shm/sem.mp-*)
+        # are released with them, not whenever the Originator object is collected
+        self._bridge.queue = None
+        self._log_queue = None
+        for h in self.pool.clients if hasattr(self, "pool") else []:
+            if h.process is not None and not h.process.is_alive():
+                h.process = None  # frees its sentinel fd
         self._cb.unlink()
 
     def __enter__(self) -> Originator:
