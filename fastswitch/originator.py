@@ -731,9 +731,15 @@ class Originator:
                 out.append(None)
         return out
 
-    def waitforstate(self, state: str, timeout: float = math.inf, period: float = 0.05) -> bool:
-        """Block until ``state`` is reached; False on timeout."""
-        return self.waitwhile(lambda: self.state != state, timeout=timeout, period=period)
+    def waitforstate(
+        self, state: str | int, timeout: float = math.inf, period: float = 0.05
+    ) -> bool:
+        """Block until ``state`` (a name, or INITIAL/ORIGINATING/STOPPED) is reached;
+        False on timeout."""
+        name = STATE_NAMES[state] if isinstance(state, int) else str(state).upper()
+        if name not in STATE_NAMES:
+            raise ValueError(f"unknown state {state!r}; one of {', '.join(STATE_NAMES)}")
+        return self.waitwhile(lambda: self.state != name, timeout=timeout, period=period)
 
     def waitwhile(
         self,

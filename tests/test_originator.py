@@ -17,6 +17,7 @@ import pytest
 from fastswitch import AuthenticationError, ConnectError, get_originator
 from fastswitch.apps import event_callback
 from fastswitch.apps.park import Park
+from fastswitch.originator import STOPPED
 from fastswitch.sim import SimConfig, SimServer
 
 pytestmark = pytest.mark.timeout(90)
@@ -304,7 +305,7 @@ def test_app_defined_in_a_function_ships_by_value(slaves, make):
     o.pool.clients[0].set_orig_cmd(_dest(c0, "ctl"))
     o.load_app(Busy)
     o.start()
-    assert o.waitforstate("STOPPED", timeout=10)
+    assert o.waitforstate(STOPPED, timeout=10)
     assert o.waitwhile(timeout=10)
     assert o.failures == {"USER_BUSY": 5}
 
@@ -324,6 +325,8 @@ def test_settings_live_and_validation(slaves, make):
         o.rate = 0
     with pytest.raises(TypeError):
         get_originator([s0.address], bogus=1)
+    with pytest.raises(ValueError, match="unknown state"):
+        o.waitforstate("RUNNING", timeout=0)
 
     class Broken:
         def prepost(self, client, listener, **kw):
