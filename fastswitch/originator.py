@@ -726,7 +726,7 @@ class Originator:
         for h in self.pool.clients:
             try:
                 out.append(fn(h))
-            except WorkerDied as exc:
+            except (WorkerDied, TimeoutError) as exc:  # one bad worker must not stop the rest
                 self.log.error("%s", exc)
                 out.append(None)
         return out
