@@ -562,7 +562,7 @@ def test_fault_injection(server: SimServer, fault: str) -> None:
     try:
         victim.command("event plain CHANNEL_CREATE")
         victim.parser = Parser(max_frame_size=16 * 1024 * 1024)
-        assert ctl.api(f"sim fault {fault}").startswith(f"+OK fault {fault}")
+        assert ctl.api(f"sim fault {fault} others").startswith(f"+OK fault {fault}")
         if fault == "drop":
             victim._fill(2.0)
             assert victim.closed and not victim.frames

@@ -257,9 +257,9 @@ class Leg:
         if entry is None:
             entry = self.apps[-1] if self.apps else ("", "", "", False)
         enc = self.enc
-        enc.set("app", entry[0])
+        enc.set_plain("app", entry[0])
         enc.set("app_data", entry[1])
-        enc.set("app_uuid", entry[2])
+        enc.set_plain("app_uuid", entry[2])
 
     def execute(
         self,
@@ -279,7 +279,7 @@ class Leg:
                 then()
             return
         self.apps.append((app, arg, self.core.new_uuid(), via_msg))
-        self.enc.set("last_app", app)
+        self.enc.set_plain("last_app", app)
         self.enc.set("last_arg", arg)
         self._set_app_values()
         self.fire("CHANNEL_EXECUTE", nested=len(self.apps) > 1)
@@ -443,18 +443,14 @@ class Leg:
                 disposition = "send_refuse"
         core = self.core
         self.cause = cause
-        v: dict[str, str] = {
-            "cause": cause,
-            "q850": str(Q850.get(cause, 16)),
-            "disposition": disposition,
-        }
-        if term_status:
-            v["term_status"] = term_status
-            v["proto_cause"] = f"sip:{term_status}"
-        elif disposition == "recv_bye":
-            v["term_status"] = "200"
-            v["proto_cause"] = "sip:200"
-        self.enc.update(v)
+        enc = self.enc
+        enc.set_plain("cause", cause)
+        enc.set_plain("q850", str(Q850.get(cause, 16)))
+        enc.set_plain("disposition", disposition)
+        if term_status or disposition == "recv_bye":
+            status = term_status or "200"
+            enc.set_plain("term_status", status)
+            enc.set("proto_cause", f"sip:{status}")
         self.mark("hangup")
         self.set_answer("hangup")
         self.fire("CHANNEL_HANGUP")

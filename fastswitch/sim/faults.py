@@ -1,6 +1,7 @@
 """Fault injection for the simulated switch (``api sim fault <name> [arg]``).
 
-Faults hit every ESL connection except the one that sent the command.
+Faults hit every ESL connection, the one that sent the command included, unless the
+command ends in ``others`` (``api sim fault drop others``).
 
 * ``drop`` — abort every ESL connection (no notice, as if the host died).
 * ``stall <seconds>`` — hold event delivery on every connection for that long
@@ -28,13 +29,17 @@ SHUTDOWN = b"The system is being shut down.\n"
 
 def inject(core: Core, spec: str) -> str:
     parts = spec.split()
+    spare = bool(parts) and parts[-1].lower() == "others"
+    if spare:
+        parts = parts[:-1]
     if not parts:
         return (
             "-USAGE: sim fault drop|stall <seconds>|malformed|oversized [bytes]|rude|disconnect\n"
         )
     name = parts[0].lower()
-    # every connection but the one that asked (so a test or tool keeps its control line)
-    conns = [c for c in getattr(core, "connections", ()) if c is not core.current_connection]
+    conns = [
+        c for c in getattr(core, "connections", ()) if not (spare and c is core.current_connection)
+    ]
     if name == "drop":
         for c in conns:
             c.abort()

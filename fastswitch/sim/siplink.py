@@ -171,7 +171,7 @@ class SipLink:
         self.calls += 1
         cid = leg.core.new_uuid()
         leg.call_id = cid
-        leg.set("call_id", cid)
+        leg.enc.set_plain("call_id", cid)
         leg.peer = chan
         self.a_dialogs[cid] = leg
         xh = [(k, v) for k, v in leg.block if k.startswith("sip_h_X-")]
@@ -247,7 +247,7 @@ class SipLink:
         )
         leg.peer = chan
         leg.call_id = cid
-        leg.set("call_id", cid)
+        leg.enc.set_plain("call_id", cid)
         self.b_dialogs[cid] = leg
         leg.set_state("CS_NEW")
         leg.set_state("CS_INIT")

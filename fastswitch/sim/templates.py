@@ -162,7 +162,13 @@ class Encoded:
             self.url.pop(key, None)
             self.json.pop(key, None)
 
-    set_plain = set
+    def set_plain(self, key: str, value: str) -> None:
+        """Set a value that needs no encoding in any format (digits, uuids, state and
+        app names): stored encoded at once."""
+        self.raw[key] = value
+        b = value.encode()
+        self.url[key] = b
+        self.json[key] = b
 
     def warm(self) -> Encoded:
         """Encode every raw value now (for templates of values shared by many legs)."""
