@@ -1,7 +1,9 @@
 """Fault injection for the simulated switch (``api sim fault <name> [arg]``).
 
-Faults hit every ESL connection, the one that sent the command included, unless the
-command ends in ``others`` (``api sim fault drop others``).
+Faults hit every ESL connection. The connection that sent the command is hit too when
+it listens to events (a client's single connection), and spared when it is a pure
+control connection; a trailing ``others`` always spares it, ``all`` always hits it
+(``api sim fault drop others``).
 
 * ``drop`` — abort every ESL connection (no notice, as if the host died).
 * ``stall <seconds>`` — hold event delivery on every connection for that long
@@ -29,9 +31,13 @@ SHUTDOWN = b"The system is being shut down.\n"
 
 def inject(core: Core, spec: str) -> str:
     parts = spec.split()
-    spare = bool(parts) and parts[-1].lower() == "others"
-    if spare:
+    who = parts[-1].lower() if parts and parts[-1].lower() in ("others", "all") else ""
+    if who:
         parts = parts[:-1]
+    req = core.current_connection
+    # a pure control connection (no events) that asks is spared unless "all" is given;
+    # an event-listening one is hit too unless "others" is given
+    spare = who == "others" or (who == "" and req is not None and not _listening(req))
     if not parts:
         return (
             "-USAGE: sim fault drop|stall <seconds>|malformed|oversized [bytes]|rude|disconnect\n"
@@ -66,6 +72,12 @@ def inject(core: Core, spec: str) -> str:
     else:
         return f"-ERR unknown fault {name}\n"
     return f"+OK fault {name} injected on {len(conns)} connection(s)\n"
+
+
+def _listening(conn: object) -> bool:
+    return bool(
+        getattr(conn, "all", False) or getattr(conn, "subs", None) or getattr(conn, "custom", None)
+    )
 
 
 def _unstall(core: Core) -> None:
