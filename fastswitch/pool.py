@@ -2,9 +2,11 @@
 
 Each :class:`ClientHandle` owns one worker process (``fastswitch.worker.main``) and the
 :class:`multiprocessing.Pipe` to it. The pipe carries configuration that changes rarely
-(originate command, apps, hupall, api commands) as request/reply pairs: the parent sends
-one request and waits for exactly one reply (a lock serialises requests), so no reply
-ever needs routing. Nothing per call crosses the pipe.
+(originate command, apps, hupall, api commands) as numbered request/reply pairs: the
+parent sends ``(n, (kind, *args))`` and waits for the reply ``(n, 'ok', result)`` or
+``(n, 'error', class name, message)`` (a lock serialises requests; a late reply to a
+request that timed out is dropped). The worker's first message is its connect report,
+number 0. Nothing per call crosses the pipe.
 
 ``pool.evals(expr, **kwargs)`` evaluates a Python expression once per slave with
 ``client`` bound to that slave's handle (plus ``kwargs``) and returns the results in
@@ -91,6 +93,7 @@ class ClientHandle:
         self.incarnation = 0
         self._spawner = spawner
         self._lock = threading.RLock()
+        self._seq = 0  # request numbers (0 is the worker's connect report)
 
     @property
     def server(self) -> str:
@@ -125,28 +128,39 @@ class ClientHandle:
 
     def wait_ready(self, timeout: float) -> dict[str, Any]:
         """Wait for the worker's connect report; raise ConnectError/AuthenticationError."""
-        return self._recv(timeout, what="connect")
+        return self._recv(timeout, what="connect", seq=0)
 
-    def _recv(self, timeout: float, what: str) -> Any:
+    def _recv(self, timeout: float, what: str, seq: int) -> Any:
+        """The reply numbered ``seq`` (replies to earlier requests that timed out are
+        dropped, so a late reply can never answer the wrong request)."""
         conn, proc = self.conn, self.process
         deadline = time.monotonic() + timeout
         while True:
+            reply = None
             try:
                 if conn.poll(0.05):
                     reply = conn.recv()
-                    break
             except (EOFError, OSError):
                 raise WorkerDied(
                     f"worker for {self.host}:{self.port} exited during {what}"
                 ) from None
+            if reply is not None:
+                if reply[0] == seq:
+                    break
+                continue  # a stale reply
             if not proc.is_alive():
                 # a reply may still be sitting in the pipe
                 try:
-                    if conn.poll(0):
+                    while conn.poll(0):
                         reply = conn.recv()
-                        break
+                        if reply[0] == seq:
+                            break
+                    else:
+                        reply = None
                 except (EOFError, OSError):
-                    pass
+                    reply = None
+                if reply is not None:
+                    break
                 raise WorkerDied(
                     f"worker for {self.host}:{self.port} exited (code {proc.exitcode}) during {what}"
                 )
@@ -154,21 +168,23 @@ class ClientHandle:
                 raise TimeoutError(
                     f"worker for {self.host}:{self.port} did not answer {what} within {timeout}s"
                 )
-        status = reply[0]
-        if status == "ok":
-            return reply[1]
-        raise rebuild_error(reply[1], reply[2])
+        if reply[1] == "ok":
+            return reply[2]
+        raise rebuild_error(reply[2], reply[3])
 
     def request(self, msg: tuple, timeout: float = 10.0) -> Any:
-        """Send one request to the worker and return its reply (raises its error)."""
+        """Send one request (``(kind, *args)``) to the worker and return its reply
+        (raises the worker's error, :class:`WorkerDied` or :class:`TimeoutError`)."""
         with self._lock:
             if self.conn is None or not self.is_alive():
                 raise WorkerDied(f"worker for {self.host}:{self.port} is not running")
+            self._seq += 1
+            seq = self._seq
             try:
-                self.conn.send(msg)
+                self.conn.send((seq, msg))
             except (OSError, EOFError, BrokenPipeError):
                 raise WorkerDied(f"worker for {self.host}:{self.port} is not running") from None
-            return self._recv(timeout, what=repr(msg[0]))
+            return self._recv(timeout, what=repr(msg[0]), seq=seq)
 
     # -- configuration ----------------------------------------------------------------
     def set_orig_cmd(self, *args: Any, **kwargs: Any) -> str:

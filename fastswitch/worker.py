@@ -58,8 +58,8 @@ def _ignore(fut: asyncio.Future) -> None:
         fut.exception()
 
 
-def _err(exc: BaseException) -> tuple[str, str, str]:
-    return ("error", type(exc).__name__, str(exc) or type(exc).__name__)
+def _err(exc: BaseException, seq: int = 0) -> tuple[int, str, str, str]:
+    return (seq, "error", type(exc).__name__, str(exc) or type(exc).__name__)
 
 
 class Worker:
@@ -152,7 +152,7 @@ class Worker:
         # done before reporting ready, so the loop is responsive once the parent goes on
         self._per_second()
         self._heartbeat()
-        self.conn.send(("ok", {"pid": os.getpid(), "host": self.host, "port": self.port}))
+        self.conn.send((0, "ok", {"pid": os.getpid(), "host": self.host, "port": self.port}))
         loop.add_reader(self.conn.fileno(), self._on_pipe)
         self._tick()
         try:
@@ -211,25 +211,25 @@ class Worker:
     # -- pipe ------------------------------------------------------------------------------
     def _on_pipe(self) -> None:
         try:
-            msg = self.conn.recv()
+            seq, msg = self.conn.recv()
         except (EOFError, OSError):
             # the parent went away: stop
             self.loop.remove_reader(self.conn.fileno())
             if not self.done.done():
                 self.done.set_result(None)
             return
-        self.loop.create_task(self._handle(msg))
+        self.loop.create_task(self._handle(seq, msg))
 
-    async def _handle(self, msg: tuple) -> None:
+    async def _handle(self, seq: int, msg: tuple) -> None:
         kind = msg[0]
         try:
             result = await self._do(kind, msg)
         except BaseException as exc:
             if kind not in ("api",):
                 self.log.error("%s failed: %s", kind, exc)
-            reply: tuple = _err(exc)
+            reply: tuple = _err(exc, seq)
         else:
-            reply = ("ok", result)
+            reply = (seq, "ok", result)
         try:
             self.conn.send(reply)
         except (OSError, EOFError):
