@@ -56,9 +56,14 @@ class Replay:
 
 
 def replay(
-    address: tuple[str, int], script: list[Send], capture: list[Frame], step_timeout: float = 5.0
+    address: tuple[str, int],
+    script: list[Send],
+    capture: list[Frame],
+    step_timeout: float = 5.0,
+    honor_gaps: bool = False,
 ) -> Replay:
-    """Drive the simulator with the capture's commands, paced by the capture's messages."""
+    """Drive the simulator with the capture's commands, paced by the capture's messages
+    (and, with ``honor_gaps``, by its pauses of a second or more, for the sps refills)."""
     ends = [f.offset + len(f.raw) for f in capture]
     result = Replay()
     parser = Parser()
@@ -84,8 +89,8 @@ def replay(
             need = sum(1 for e in ends if e <= s.rx_offset)
             pump(time.monotonic() + step_timeout, need)
             gap = s.t - prev_t
-            if gap >= 1.0:
-                end = time.monotonic() + min(gap, 1.5)
+            if honor_gaps and gap >= 1.0:
+                end = time.monotonic() + min(gap, 1.3)
                 pump(end, 1 << 30)
             prev_t = s.t
             # B-leg uuids differ: translate the capture's to the simulator's
@@ -228,7 +233,7 @@ def run_capture(captures_dir: Path, name: str, **cfg: object) -> tuple[list[Fram
     script = read_script(captures_dir / f"{name}.txt")
     settings = {"port": 0, "heartbeat_interval": 0.0, "seed": 7, **cfg}
     with SimServer(**settings) as server:
-        got = replay(server.address, script, capture)
+        got = replay(server.address, script, capture, honor_gaps=name == "s_sps_limit")
     return capture, got
 
 
