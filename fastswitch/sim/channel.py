@@ -181,7 +181,7 @@ class Leg:
             disp = self.values["disposition"] + ("+reason" if self.reason else "")
             n = "+" if nested else ""
             key = f"{self.role}|{name}|{self.cs}|{self.callstate}|{self.answer}|{app}|{self.cause}|{ans}|{disp}|{n}"
-        core.emit(key, name, self.enc, {self.blockname: self.block})
+        core.emit(key, name, self.enc, targets=targets)
 
     def set(self, key: str, value: str) -> None:
         """Set one slot value (encoded once, here)."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from . import templates
@@ -59,7 +59,7 @@ class EventSink(Protocol):
 
 
 def event_headers(
-    tpl: templates.Template, values: dict[str, str], blocks: dict[str, list[tuple[str, str]]]
+    tpl: templates.Template, values: dict[str, str], blocks: Mapping[str, Sequence[tuple[str, str]]]
 ) -> dict[str, str]:
     """The decoded header values of an event, by lower-cased name (to evaluate filters)."""
     out: dict[str, str] = {}
@@ -252,8 +252,8 @@ class Core:
         key: str,
         name: str,
         enc: templates.Encoded,
-        block_pairs: dict[str, list[tuple[str, str]]] | None = None,
         seq: int | None = None,
+        targets: list[EventSink] | None = None,
     ) -> None:
         """Create one event (takes a sequence number) and deliver it to subscribed listeners.
 
@@ -265,9 +265,10 @@ class Core:
         if seq is None:
             self.seq += 1
             seq = self.seq
-            targets = self._wanted.get(name)
             if targets is None:
-                targets = self.targets(name)
+                targets = self._wanted.get(name)
+                if targets is None:
+                    targets = self.targets(name)
             if not targets:
                 return
             if enc.tick != self.tick_no:  # time slots change once per 20 ms tick
@@ -296,7 +297,7 @@ class Core:
                     raw = enc.raw
                     raw.update(self.time_values)
                     raw["seq"] = str(seq)
-                    hdrs = event_headers(tpl, raw, block_pairs or {})
+                    hdrs = event_headers(tpl, raw, enc.blocks)
                 if not lst.passes(hdrs):
                     continue
             fmt = lst.fmt
