@@ -39,9 +39,7 @@ def inject(core: Core, spec: str) -> str:
     # an event-listening one is hit too unless "others" is given
     spare = who == "others" or (who == "" and req is not None and not _listening(req))
     if not parts:
-        return (
-            "-USAGE: sim fault drop|stall <seconds>|malformed|oversized [bytes]|rude|disconnect\n"
-        )
+        return "-USAGE: sim fault drop|stall <seconds>|malformed|oversized [bytes]|rude|disconnect [others|all]\n"
     name = parts[0].lower()
     conns = [
         c for c in getattr(core, "connections", ()) if not (spare and c is core.current_connection)
