@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+#: the simulator's fixtures (sim_server, sim_cluster) for every test module
+pytest_plugins = ["fastswitch.sim.pytest_plugin"]
+
 REPO = Path(__file__).resolve().parent.parent
 CAPTURES = Path(os.environ.get("FASTSWITCH_CAPTURES", REPO.parent / "shared" / "esl-captures"))
 

@@ -16,7 +16,6 @@ from fastswitch.apps import event_callback
 from fastswitch.client import Client
 from fastswitch.errors import ConnectionLost, ESLError, ESLProtocolError
 
-pytest_plugins = ["fastswitch.sim.pytest_plugin"]
 
 pytestmark = pytest.mark.timeout(60)
 
