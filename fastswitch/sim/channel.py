@@ -504,6 +504,14 @@ class Leg:
         self.core.release_session()
         if self.core.sip is not None:
             self.core.sip.forget(self)
+        # break the leg <-> encodings cycle (the lazy-value hook) so the leg is freed by
+        # reference counting: at thousands of calls/s, leaving legs to the cyclic GC
+        # costs ~15% of the simulator's CPU
+        enc = self.enc
+        if enc.url.lazy is not None:
+            if "d_duration" not in enc.raw:
+                enc.raw.update(self._lazy_value("d_duration"))
+            enc.set_lazy(None)
 
     def _lazy_value(self, key: str) -> dict[str, str]:
         """CDR durations (``d_*``), all computed the first time an event shows one."""
