@@ -14,12 +14,34 @@ After :class:`~fastswitch.errors.ESLProtocolError` a :class:`Parser` is unusable
 
 from collections.abc import Mapping
 
-cimport cython
-
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.ref cimport Py_INCREF, Py_XDECREF
 from cpython.unicode cimport PyUnicode_DecodeUTF8
-from libc.stdlib cimport free, malloc, realloc
+from libc.stdint cimport uint32_t
+from libc.stdlib cimport free, malloc
 from libc.string cimport memchr, memcmp
+
+from esl_core cimport (
+    ESL_H_ANSWER,
+    ESL_H_CAUSE,
+    ESL_H_CLEN,
+    ESL_H_DIRECTION,
+    ESL_H_JOB_UUID,
+    ESL_H_NAME,
+    ESL_H_OTHER_LEG,
+    ESL_H_SEQUENCE,
+    ESL_H_SUBCLASS,
+    ESL_H_TIMESTAMP,
+    ESL_H_UNIQUE_ID,
+    ESL_NHOT,
+    block_end,
+    decode_value,
+    esl_digits,
+    esl_find,
+    esl_find_line,
+    esl_hot_name,
+    esl_index,
+)
 
 from fastswitch import _pyesl
 from fastswitch._pyesl import _digits, _int_field, _split_array
@@ -30,36 +52,25 @@ cdef extern from "Python.h":
 
 __all__ = ["Parser", "Frame", "Event", "MAX_FRAME_SIZE"]
 
-cdef struct Entry:
-    # one header line of a plain event, as offsets into Event._raw; the name / value
-    # split is found only when the line is looked at (nl == -1 until then)
-    Py_ssize_t ls   # line start
-    Py_ssize_t le   # line end (its '\n', or the end of the header lines)
-    Py_ssize_t nl   # name length; -1 not parsed yet, -2 no ':' on the line
-    Py_ssize_t vo   # value start (after ':' and spaces)
-    Py_ssize_t vl   # value length (trailing '\r' dropped)
-
-
 MAX_FRAME_SIZE = 16 * 1024 * 1024
 
-# indices into Event._hot (NHOT entries; the array size is in _esl.pxd)
-cdef enum:
-    H_NAME = 0
-    H_SUBCLASS = 1
-    H_UNIQUE_ID = 2
-    H_JOB_UUID = 3
-    H_OTHER_LEG = 4
-    H_DIRECTION = 5
-    H_CAUSE = 6
-    H_ANSWER = 7
-    H_TIMESTAMP = 8
-    H_SEQUENCE = 9
-    H_CLEN = 10
-    NHOT = 11
-
-cdef str _FMT_PLAIN = "plain"
 cdef tuple _FORMATS = ("plain", "json", "xml")
 cdef object _PyEvent = _pyesl.Event
+
+# the hot headers' names, by index (json / xml events look them up by name)
+cdef tuple _HOT_NAMES = (
+    "Event-Name",
+    "Event-Subclass",
+    "Unique-ID",
+    "Job-UUID",
+    "Other-Leg-Unique-ID",
+    "Call-Direction",
+    "Hangup-Cause",
+    "Answer-State",
+    "Event-Date-Timestamp",
+    "Event-Sequence",
+    "Content-Length",
+)
 
 # Content-Type values seen on the wire, returned without decoding
 cdef tuple _CTYPES = (
@@ -76,295 +87,149 @@ cdef tuple _CTYPES = (
 cdef tuple _CTYPES_B = tuple(s.encode() for s in _CTYPES)
 
 
-cdef inline int _hexval(char c) noexcept nogil:
-    if c >= 48 and c <= 57:
-        return c - 48
-    if c >= 65 and c <= 70:
-        return c - 55
-    if c >= 97 and c <= 102:
-        return c - 87
-    return -1
-
-
-cdef str _decode(const char* s, Py_ssize_t n):
-    """URL-unquote once (malformed escapes copied, '+' kept) then UTF-8-decode ('replace')."""
-    cdef const char* pct
-    cdef char small[512]
-    cdef char* out
-    cdef Py_ssize_t i = 0, j = 0
-    cdef int hi, lo
-    cdef str res
-    if n == 0:
-        return ""
-    pct = <const char*>memchr(s, 37, n)
-    if pct == NULL:
-        return PyUnicode_DecodeUTF8(s, n, "replace")
-    if n <= 512:
-        out = small
-    else:
-        out = <char*>malloc(n)
-        if out == NULL:
-            raise MemoryError()
-    i = pct - s
-    for j in range(i):
-        out[j] = s[j]
-    j = i
-    while i < n:
-        if s[i] == 37 and i + 2 < n:
-            hi = _hexval(s[i + 1])
-            lo = _hexval(s[i + 2])
-            if hi >= 0 and lo >= 0:
-                out[j] = <char>(hi * 16 + lo)
-                j += 1
-                i += 3
-                continue
-        out[j] = s[i]
-        j += 1
-        i += 1
-    try:
-        res = PyUnicode_DecodeUTF8(out, j, "replace")
-    finally:
-        if out != small:
-            free(out)
-    return res
-
-
-cdef inline Py_ssize_t _find_nl(const char* p, Py_ssize_t start, Py_ssize_t end) noexcept nogil:
-    cdef const char* q
-    if start >= end:
-        return -1
-    q = <const char*>memchr(p + start, 10, end - start)
-    if q == NULL:
-        return -1
-    return q - p
-
-
-cdef inline Py_ssize_t _block_end(const char* p, Py_ssize_t start, Py_ssize_t end,
-                                  Py_ssize_t* after) noexcept nogil:
-    """Index of the '\\n' ending the last header line of the block in p[start:end]
-    (the earliest '\\n\\n' or '\\n\\r\\n'), -1 when there is none yet."""
-    cdef Py_ssize_t i = start
-    while True:
-        i = _find_nl(p, i, end)
-        if i < 0:
-            return -1
-        if i + 1 < end:
-            if p[i + 1] == 10:
-                after[0] = i + 2
-                return i
-            if p[i + 1] == 13 and i + 2 < end and p[i + 2] == 10:
-                after[0] = i + 3
-                return i
-        else:
-            return -1
-        i += 1
-
-
-cdef inline bint _is(const char* s, Py_ssize_t n, const char* lit, Py_ssize_t ln) noexcept nogil:
-    # does the line s[:n] start with lit (a name followed by ':')?
-    return n >= ln and memcmp(s, lit, ln) == 0
-
-
-cdef inline int _hot_line(const char* s, Py_ssize_t n) noexcept nogil:
-    """Which hot header the line s[:n] holds (-1: none), from its first bytes."""
-    cdef char c = s[0]
-    if c == 69:  # 'E'
-        if n > 6 and s[6] == 78 and _is(s, n, b"Event-Name:", 11):
-            return H_NAME
-        if _is(s, n, b"Event-Date-Timestamp:", 21):
-            return H_TIMESTAMP
-        if _is(s, n, b"Event-Sequence:", 15):
-            return H_SEQUENCE
-        if _is(s, n, b"Event-Subclass:", 15):
-            return H_SUBCLASS
-    elif c == 85:  # 'U'
-        if _is(s, n, b"Unique-ID:", 10):
-            return H_UNIQUE_ID
-    elif c == 67:  # 'C'
-        if n > 2 and s[1] == 97 and _is(s, n, b"Call-Direction:", 15):
-            return H_DIRECTION
-        if n > 2 and s[1] == 111 and _is(s, n, b"Content-Length:", 15):
-            return H_CLEN
-    elif c == 74:  # 'J'
-        if _is(s, n, b"Job-UUID:", 9):
-            return H_JOB_UUID
-    elif c == 72:  # 'H'
-        if _is(s, n, b"Hangup-Cause:", 13):
-            return H_CAUSE
-    elif c == 65:  # 'A'
-        if _is(s, n, b"Answer-State:", 13):
-            return H_ANSWER
-    elif c == 79:  # 'O'
-        if _is(s, n, b"Other-Leg-Unique-ID:", 20):
-            return H_OTHER_LEG
-    return -1
-
-
-cdef int[11] _HOT_LEN
-_HOT_LEN[:] = [10, 14, 9, 8, 19, 14, 12, 12, 20, 14, 14]
-
-
-@cython.final
 cdef class Event:
     """A decoded FreeSWITCH event: a read-only ``Mapping[str, str]`` of its headers.
 
-    See ``fastswitch._pyesl.Event`` for the semantics (identical).
+    See ``fastswitch._pyesl.Event`` for the semantics (identical). Attributes are declared
+    in src_ext/fastswitch/_esl.pxd.
     """
 
-    cdef readonly int fmt            # 0 plain, 1 json, 2 xml
-    cdef bytes _raw                  # the frame's bytes; the event is _raw[_bs:_be]
-    cdef Py_ssize_t _bs, _be
-    cdef Py_ssize_t _t, _after       # end of the header lines, start of the inner body
-    cdef Py_ssize_t _offset
-    cdef Entry* _ents
-    cdef Py_ssize_t _n, _cap
-    cdef bint _indexed
-    cdef int _hot[11]                # entry index of each hot header (-1 absent)
-    cdef unsigned int _hdone         # bit i set: hot value i is cached in _hv
-    cdef list _hv
-    cdef object _py                  # json / xml: the pure-Python Event doing the work
-    cdef object _body
-    cdef bint _body_done
-
-
     def __cinit__(self):
-        self._ents = NULL
-        self._n = 0
-        self._cap = 0
+        cdef int i
         self._indexed = False
         self._hdone = 0
         self._t = -2
         self._after = -1
         self._body_done = False
-        for i in range(NHOT):
-            self._hot[i] = -1
+        self._L.ls = NULL
+        self._L.n = 0
+        self._L.cap = 0
+        for i in range(ESL_NHOT):
+            self._hv[i] = NULL
 
     def __dealloc__(self):
-        if self._ents != NULL:
-            free(self._ents)
+        cdef int i
+        if self._L.ls != NULL:
+            free(self._L.ls)
+        if self._hdone:
+            for i in range(ESL_NHOT):
+                Py_XDECREF(self._hv[i])
 
     def __init__(self, *args, **kwargs):
         raise TypeError("Event objects are created by Parser.feed / Frame.event")
 
     # -- plain internals -------------------------------------------------------------
     cdef int _index(self) except -1:
-        """One pass over the plain header lines: record where each line starts and ends,
-        the hot headers' first occurrences and where the lines end (the first blank line).
-        Names and values are split only when a line is looked at."""
-        cdef const char* p
-        cdef Py_ssize_t s, k, be, n = 0
-        cdef const char* r
-        cdef Entry* ents
-        cdef int h
+        """One pass over the plain header lines (esl_core.h): the hot headers' first
+        occurrences and where the lines end (the first blank line)."""
+        cdef int i
+        cdef Py_ssize_t size = self._be - self._bs
+        cdef esl_lines* L = NULL
         if self._indexed:
             return 0
-        p = PyBytes_AS_STRING(self._raw)
-        s = self._bs
-        be = self._be
-        self._t = be
-        self._after = -1
-        if self._cap == 0:
-            self._cap = 64 + min((be - s) // 32, 448)  # grows by doubling
-            self._ents = <Entry*>malloc(self._cap * sizeof(Entry))
-            if self._ents == NULL:
+        for i in range(ESL_NHOT):
+            self._vo[i] = -1
+        if size < 0xFFFFFFFF:  # line starts are 32-bit offsets (else lookups use memmem)
+            self._L.cap = 64 + min(size // 32, 960)  # grows by doubling
+            self._L.ls = <uint32_t*>malloc(self._L.cap * sizeof(uint32_t))
+            if self._L.ls == NULL:
                 raise MemoryError()
-        ents = self._ents
-        while s < be:
-            r = <const char*>memchr(p + s, 10, be - s)
-            k = be if r == NULL else r - p
-            # an empty line (or a lone '\r' before '\n') ends the header lines; the byte
-            # before the first line is always the outer block's '\n'
-            if r != NULL and (k == s or (k == s + 1 and p[s] == 13)):
-                self._t = s - 1 if s - 1 > self._bs else self._bs
-                self._after = k + 1
-                break
-            if n == self._cap:
-                self._cap *= 2
-                ents = <Entry*>realloc(self._ents, self._cap * sizeof(Entry))
-                if ents == NULL:
-                    raise MemoryError()
-                self._ents = ents
-            ents[n].ls = s
-            ents[n].le = k
-            ents[n].nl = -1
-            h = _hot_line(p + s, k - s)
-            if h >= 0 and self._hot[h] < 0:
-                self._hot[h] = <int>n
-                self._set_entry(n, _HOT_LEN[h])
-            n += 1
-            s = k + 1
-        self._n = n
+            L = &self._L
+        if esl_index(PyBytes_AS_STRING(self._raw), self._bs, self._be, self._vo, self._vl,
+                     &self._t, &self._after, L) < 0:
+            raise MemoryError()
         self._indexed = True
         return 0
 
-    cdef void _set_entry(self, Py_ssize_t i, Py_ssize_t nl) noexcept:
-        """Split line i whose first ':' is at nl (-1: find it)."""
-        cdef const char* p = PyBytes_AS_STRING(self._raw)
-        cdef Entry* e = &self._ents[i]
-        cdef const char* r
-        cdef Py_ssize_t vs, ve
-        if nl < 0:
-            r = <const char*>memchr(p + e.ls, 58, e.le - e.ls)
-            if r == NULL:
-                e.nl = -2
-                return
-            nl = r - p - e.ls
-        e.nl = nl
-        vs = e.ls + nl + 1
-        ve = e.le
-        if ve > vs and p[ve - 1] == 13:
-            ve -= 1
-        while vs < ve and p[vs] == 32:
-            vs += 1
-        e.vo = vs
-        e.vl = ve - vs
+    cdef object _compute_hot(self, int h):
+        cdef Py_ssize_t vo, vl
+        cdef long long v
+        cdef const char* p
+        if self.fmt:
+            if h == ESL_H_TIMESTAMP:
+                return self._py.timestamp
+            if h == ESL_H_SEQUENCE:
+                return self._py.sequence
+            return self._py.get(<str>_HOT_NAMES[h])
+        self._index()
+        vo = self._vo[h]
+        if h == ESL_H_TIMESTAMP or h == ESL_H_SEQUENCE:
+            if vo < 0:
+                return 0
+            p = PyBytes_AS_STRING(self._raw) + vo
+            vl = self._vl[h]
+            v = esl_digits(p, vl)
+            if v >= 0:
+                return v
+            if vl and vl <= 18 and memchr(p, 37, vl) == NULL:
+                return 0  # not all digits
+            return _int_field(decode_value(p, vl))
+        if vo < 0:
+            return None
+        return decode_value(PyBytes_AS_STRING(self._raw) + vo, self._vl[h])
 
-    cdef Py_ssize_t _match(self, Py_ssize_t i, const char* s, Py_ssize_t ln) noexcept:
-        """Is line i a ``name:`` line for the name s[:ln] (which has no ':' or '\\n')?"""
-        cdef const char* p = PyBytes_AS_STRING(self._raw)
-        cdef Entry* e = &self._ents[i]
-        if e.le - e.ls > ln and p[e.ls + ln] == 58 and (ln == 0 or p[e.ls] == s[0]) \
-                and memcmp(p + e.ls, s, ln) == 0:
-            if e.nl == -1:
-                self._set_entry(i, ln)
-            return 1
-        return 0
+    cdef object _hot(self, int h):
+        """Hot value h (str / None, or int for the timestamp / sequence), cached."""
+        cdef object v
+        if self._hdone & (1u << h):
+            return <object>self._hv[h]
+        v = self._compute_hot(h)
+        Py_INCREF(v)
+        self._hv[h] = <PyObject*>v
+        self._hdone |= 1u << h
+        return v
 
-    cdef Py_ssize_t _lookup(self, str name) except -2:
-        """Entry index of the first ``name`` line, -1 when absent."""
-        cdef Py_ssize_t ln, i
+    cdef object _plain_get(self, str name):
+        """The decoded first value of header ``name`` of a plain event, None if absent."""
+        cdef Py_ssize_t ln, vo, vl
         cdef const char* s
         cdef bytes nb
-        self._index()
+        cdef int h, r
         try:
             s = PyUnicode_AsUTF8AndSize(name, &ln)
         except UnicodeEncodeError:
             nb = name.encode("utf-8", "surrogateescape")
             s = PyBytes_AS_STRING(nb)
             ln = PyBytes_GET_SIZE(nb)
+        h = esl_hot_name(s, ln)
+        if h >= 0:
+            if h != ESL_H_TIMESTAMP and h != ESL_H_SEQUENCE:
+                return self._hot(h)
+            self._index()
+            if self._vo[h] < 0:
+                return None
+            return decode_value(PyBytes_AS_STRING(self._raw) + self._vo[h], self._vl[h])
         if memchr(s, 58, ln) != NULL or memchr(s, 10, ln) != NULL:
-            return -1
-        for i in range(self._n):
-            if self._match(i, s, ln):
-                return i
-        return -1
-
-    cdef object _value(self, Py_ssize_t i):
-        if i < 0:
             return None
-        return _decode(PyBytes_AS_STRING(self._raw) + self._ents[i].vo, self._ents[i].vl)
-
-    cdef object _hotval(self, int h):
-        cdef object v
-        if self._hdone & (1u << h):
-            return self._hv[h]
         self._index()
-        v = self._value(self._hot[h])
-        if self._hv is None:
-            self._hv = [None] * NHOT
-        self._hv[h] = v
-        self._hdone |= 1u << h
-        return v
+        if self._L.ls != NULL:
+            r = esl_find_line(PyBytes_AS_STRING(self._raw), self._bs, self._t, &self._L, s, ln,
+                              &vo, &vl)
+        else:
+            r = esl_find(PyBytes_AS_STRING(self._raw), self._bs, self._t, s, ln, &vo, &vl)
+        if r < 0:
+            raise MemoryError()
+        if r == 0:
+            return None
+        return decode_value(PyBytes_AS_STRING(self._raw) + vo, vl)
+
+    cdef list _all_lines(self):
+        """(name, value) bytes of every header line with a ':', in order."""
+        cdef list idx
+        cdef bytes line
+        cdef Py_ssize_t c
+        if self._lines is None:
+            self._index()
+            idx = []
+            for line in self._raw[self._bs:self._t].split(b"\n"):
+                c = line.find(b":")
+                if c < 0:
+                    continue
+                if line.endswith(b"\r"):
+                    line = line[:len(line) - 1]
+                idx.append((line[:c], line[c + 1:].lstrip(b" ")))
+            self._lines = idx
+        return self._lines
 
     # -- public API -------------------------------------------------------------------
     @property
@@ -377,24 +242,19 @@ cdef class Event:
         cdef object v
         if self.fmt:
             return self._py.get(name, default)
-        v = self._value(self._lookup(name))
+        v = self._plain_get(name)
         return default if v is None else v
 
     def getall(self, str name):
         """Every value of header ``name``: duplicates in order, arrays split."""
         cdef list out = []
-        cdef Py_ssize_t ln, i
-        cdef bytes nb
+        cdef bytes nb, n, v
         if self.fmt:
             return self._py.getall(name)
-        self._index()
         nb = name.encode("utf-8", "surrogateescape")
-        ln = len(nb)
-        if b":" in nb or b"\n" in nb:
-            return out
-        for i in range(self._n):
-            if self._match(i, PyBytes_AS_STRING(nb), ln):
-                out.extend(_split_array(self._value(i)))
+        for n, v in self._all_lines():
+            if n == nb:
+                out.extend(_split_array(decode_value(PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v))))
         return out
 
     def var(self, str name, default=None):
@@ -405,78 +265,55 @@ cdef class Event:
     def name(self):
         """Event-Name ('' when absent)."""
         cdef object v
-        if self.fmt:
-            return self._py.name
-        v = self._hotval(H_NAME)
+        if self._hdone & 1u:
+            v = <object>self._hv[ESL_H_NAME]
+        else:
+            v = self._hot(ESL_H_NAME)
         return "" if v is None else v
 
     @property
     def subclass(self):
-        return self._py.subclass if self.fmt else self._hotval(H_SUBCLASS)
+        return self._hot(ESL_H_SUBCLASS)
 
     @property
     def unique_id(self):
-        return self._py.unique_id if self.fmt else self._hotval(H_UNIQUE_ID)
+        return self._hot(ESL_H_UNIQUE_ID)
 
     @property
     def job_uuid(self):
-        return self._py.job_uuid if self.fmt else self._hotval(H_JOB_UUID)
+        return self._hot(ESL_H_JOB_UUID)
 
     @property
     def other_leg_unique_id(self):
-        return self._py.other_leg_unique_id if self.fmt else self._hotval(H_OTHER_LEG)
+        return self._hot(ESL_H_OTHER_LEG)
 
     @property
     def call_direction(self):
-        return self._py.call_direction if self.fmt else self._hotval(H_DIRECTION)
+        return self._hot(ESL_H_DIRECTION)
 
     @property
     def hangup_cause(self):
-        return self._py.hangup_cause if self.fmt else self._hotval(H_CAUSE)
+        return self._hot(ESL_H_CAUSE)
 
     @property
     def answer_state(self):
-        return self._py.answer_state if self.fmt else self._hotval(H_ANSWER)
-
-    cdef object _intfield(self, int h):
-        cdef Py_ssize_t i, j, n
-        cdef const char* s
-        cdef long long v = 0
-        cdef char c
-        self._index()
-        i = self._hot[h]
-        if i < 0:
-            return 0
-        n = self._ents[i].vl
-        s = PyBytes_AS_STRING(self._raw) + self._ents[i].vo
-        if n == 0 or n > 18 or memchr(s, 37, n) != NULL:
-            return _int_field(self._hotval(h))
-        for j in range(n):
-            c = s[j]
-            if c < 48 or c > 57:
-                return 0
-            v = v * 10 + (c - 48)
-        return v
+        return self._hot(ESL_H_ANSWER)
 
     @property
     def timestamp(self):
         """Event-Date-Timestamp in microseconds (0 when absent or not a number)."""
-        if self.fmt:
-            return self._py.timestamp
-        return self._intfield(H_TIMESTAMP)
+        return self._hot(ESL_H_TIMESTAMP)
 
     @property
     def sequence(self):
         """Event-Sequence (0 when absent or not a number)."""
-        if self.fmt:
-            return self._py.sequence
-        return self._intfield(H_SEQUENCE)
+        return self._hot(ESL_H_SEQUENCE)
 
     @property
     def body(self):
         """The event's own body (a BACKGROUND_JOB result), None when it has none."""
         cdef bytes rest
-        cdef Py_ssize_t n, i
+        cdef Py_ssize_t n, vo
         if self.fmt:
             return self._py.body
         if not self._body_done:
@@ -485,9 +322,9 @@ cdef class Event:
                 self._body = None
             else:
                 rest = self._raw[self._after:self._be]
-                i = self._hot[H_CLEN]
-                if i >= 0:
-                    n = _digits(self._raw[self._ents[i].vo:self._ents[i].vo + self._ents[i].vl])
+                vo = self._vo[ESL_H_CLEN]
+                if vo >= 0:
+                    n = _digits(self._raw[vo:vo + self._vl[ESL_H_CLEN]])
                     if 0 <= n < len(rest):
                         rest = rest[:n]
                     self._body = rest.decode("utf-8", "replace")
@@ -503,20 +340,11 @@ cdef class Event:
 
     def _names(self):
         cdef dict seen
-        cdef Py_ssize_t i
-        cdef const char* p
         if self.fmt:
             return self._py._names()
-        self._index()
         seen = {}
-        p = PyBytes_AS_STRING(self._raw)
-        for i in range(self._n):
-            if self._ents[i].nl == -1:
-                self._set_entry(i, -1)
-            if self._ents[i].nl >= 0:
-                seen.setdefault(
-                    PyUnicode_DecodeUTF8(p + self._ents[i].ls, self._ents[i].nl, "replace"), None
-                )
+        for n, _ in self._all_lines():
+            seen.setdefault(n.decode("utf-8", "replace"), None)
         return list(seen)
 
     def __getitem__(self, str name):
@@ -562,21 +390,8 @@ cdef Event _make_event(int fmt, bytes raw, Py_ssize_t bs, Py_ssize_t be, Py_ssiz
     return ev
 
 
-@cython.final
 cdef class Frame:
     """One ESL message: its outer headers, body and (for events) the decoded event."""
-
-    cdef readonly str content_type
-    cdef readonly bytes raw
-    cdef readonly object reply_text
-    cdef readonly object job_uuid
-    cdef readonly bint is_event
-    cdef readonly Py_ssize_t offset
-    cdef Py_ssize_t _hlen, _t
-    cdef int _fmt
-    cdef dict _headers
-    cdef Event _event
-
 
     def __init__(self, *args, **kwargs):
         raise TypeError("Frame objects are created by Parser.feed")
@@ -623,10 +438,6 @@ cdef class Frame:
         return f"<Frame {self.content_type!r} {len(self.raw)} bytes>"
 
 
-cdef inline bint _eq(const char* p, Py_ssize_t n, const char* lit, Py_ssize_t ln) noexcept nogil:
-    return n == ln and memcmp(p, lit, ln) == 0
-
-
 cdef str _ctype(const char* p, Py_ssize_t n):
     cdef Py_ssize_t i
     cdef bytes b
@@ -637,7 +448,6 @@ cdef str _ctype(const char* p, Py_ssize_t n):
     return PyUnicode_DecodeUTF8(p, n, "replace")
 
 
-@cython.final
 cdef class Parser:
     """Incremental ESL frame parser.
 
@@ -645,13 +455,6 @@ cdef class Parser:
     order. After an :class:`ESLProtocolError` every ``feed`` raises it again until
     :meth:`reset`.
     """
-
-    cdef readonly Py_ssize_t max_frame_size
-    cdef bytes _buf
-    cdef list _parts
-    cdef Py_ssize_t _plen, _need, _scan, _offset
-    cdef object _err_msg
-    cdef Py_ssize_t _err_off
 
 
     def __init__(self, Py_ssize_t max_frame_size=MAX_FRAME_SIZE):
@@ -757,7 +560,7 @@ cdef class Parser:
             start = pos if pos > scan else scan
             scan = 0
             after = -1
-            t = _block_end(p, start, n, &after)
+            t = block_end(p, start, n, &after)
             if t < 0:
                 if n - pos > maxf:
                     raise self._fail(
