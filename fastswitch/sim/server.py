@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import multiprocessing
 import os
 import signal
@@ -37,6 +38,7 @@ def _serve(cfg: SimConfig, conn: Any) -> None:  # pragma: no cover - runs in the
         conn.send(("error", f"{type(e).__name__}: {e}"))
         conn.close()
         return
+    _manual_gc(loop)
     conn.send(("ok", cfg.address, cfg.sip_address, os.getpid()))
     stop = loop.create_future()
 
@@ -61,6 +63,28 @@ def _serve(cfg: SimConfig, conn: Any) -> None:  # pragma: no cover - runs in the
     loop.close()
     with contextlib.suppress(OSError):
         conn.send(("stopped",))
+
+
+GC_INTERVAL = 5.0
+
+
+def _manual_gc(loop: asyncio.AbstractEventLoop) -> None:  # pragma: no cover - in the child
+    """Collect garbage every ``GC_INTERVAL`` seconds instead of every 700 allocations.
+
+    Calls free their legs by reference counting; what the automatic collector did
+    at thousands of calls/s was traverse the in-flight calls' objects over and over
+    (5-10% of the simulator's CPU). The templates, loaded by now, are frozen out of
+    every collection.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+
+    def collect() -> None:
+        gc.collect()
+        loop.call_later(GC_INTERVAL, collect)
+
+    loop.call_later(GC_INTERVAL, collect)
 
 
 async def _start(cfg: SimConfig, loop: asyncio.AbstractEventLoop) -> tuple[Any, list[Any]]:
