@@ -47,6 +47,11 @@ EVENT_NAMES = frozenset(
 )
 
 
+# version 4 and the RFC 4122 variant, set in the random bits
+_UUID_MASK = ~((0xF << 76) | (0xC << 60))
+_UUID_V4 = (0x4 << 76) | (0x8 << 60)
+
+
 class EventSink(Protocol):
     """What the core needs from an ESL listener."""
 
@@ -190,8 +195,8 @@ class Core:
 
     def new_uuid(self) -> str:
         """A random (version 4) uuid from the server's seeded generator."""
-        h = f"{self.rng.getrandbits(128):032x}"
-        return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:32]}"
+        h = "%032x" % (self.rng.getrandbits(128) & _UUID_MASK | _UUID_V4)
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
     def _leg_defaults(self) -> templates.Encoded:
         """Slot values every new channel starts with (copied, not re-encoded, per leg)."""

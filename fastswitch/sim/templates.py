@@ -37,6 +37,7 @@ _SLOT_RE = re.compile("\x01([A-Za-z0-9_]+)\x01")
 # switch_url_encode: everything outside this set is written as %XX (uppercase hex).
 _SAFE = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!$'()*,-./_~")
 _URL_TABLE = [chr(b) if b in _SAFE else f"%{b:02X}" for b in range(256)]
+_URL_ASCII = {b: f"%{b:02X}" for b in range(128) if b not in _SAFE}  # for str.translate
 _SAFE_RE = re.compile(r"[A-Za-z0-9!$'()*,\-./_~]*")
 _JSON_SAFE_RE = re.compile(r"[ !#-\[\]-~]*")  # printable ASCII but " and \
 
@@ -45,6 +46,8 @@ def url_encode(value: str) -> str:
     """Percent-encode a header value as FreeSWITCH's plain serializer does."""
     if _SAFE_RE.fullmatch(value):
         return value
+    if value.isascii():
+        return value.translate(_URL_ASCII)
     return "".join([_URL_TABLE[b] for b in value.encode("utf-8", "surrogateescape")])
 
 
@@ -89,7 +92,7 @@ def encode_block(fmt: str, pairs: Sequence[tuple[str, str]], position: str = "t"
     For json, ``position`` ``t`` gives each member a trailing comma, ``l`` a leading one.
     """
     if fmt == "plain":
-        return "".join(f"variable_{n}: {url_encode(v)}\n" for n, v in pairs).encode()
+        return "".join([f"variable_{n}: {url_encode(v)}\n" for n, v in pairs]).encode()
     if fmt == "xml":
         return "".join(f"<variable_{n}>{url_encode(v)}</variable_{n}>" for n, v in pairs).encode()
     if position == "t":
@@ -105,7 +108,9 @@ class _Encodings(dict):  # type: ignore[type-arg]
     __slots__ = ("encode", "raw", "blocks", "lazy")
 
     def __missing__(self, key: str) -> bytes:
-        if key[0] == "@":
+        if key[0] == "#":
+            b = encode_body(key, self.raw.get("#body"))
+        elif key[0] == "@":
             name, _, pos = key[1:].partition(":")
             fmt = "json" if pos in ("t", "l") else ("xml" if pos == "x" else "plain")
             b = encode_block(fmt, self.blocks.get(name, ()), pos)
@@ -205,30 +210,46 @@ class Encoded:
             self.json.pop(f"@{name}:{pos}", None)
 
     def set_body(self, body: str | None) -> None:
-        """Set the event body (BACKGROUND_JOB result) for the next render."""
-        text = body or ""
-        b = text.encode("utf-8", "surrogateescape")
-        self.url["#body:p"] = b"Content-Length: %d\n\n%s" % (len(b), b)
-        self.url["#body:x"] = b"<Content-Length>%d</Content-Length><body>%s</body>" % (
-            len(b),
-            xml_escape(text).encode("utf-8", "surrogateescape"),
-        )
-        self.json["#body:j"] = b',"Content-Length":"%d","_body":"%s"' % (
-            len(b),
-            json_escape(text).encode("utf-8", "surrogateescape"),
-        )
+        """Set the event body (BACKGROUND_JOB result) for the next render (encoded then,
+        in the format that shows it)."""
+        self.raw["#body"] = body or ""
+        for d, k in ((self.url, "#body:p"), (self.url, "#body:x"), (self.json, "#body:j")):
+            d.pop(k, None)
 
     def for_format(self, fmt: str) -> dict[str, bytes]:
         return self.json if fmt == "json" else self.url
 
 
+def encode_body(key: str, text: Any) -> bytes:
+    """The ``#body:<p|x|j>`` slot: an event body (with its length) in one format."""
+    text = text or ""
+    b = text.encode("utf-8", "surrogateescape")
+    if key == "#body:p":
+        return b"Content-Length: %d\n\n%s" % (len(b), b)
+    if key == "#body:x":
+        return b"<Content-Length>%d</Content-Length><body>%s</body>" % (
+            len(b),
+            xml_escape(text).encode("utf-8", "surrogateescape"),
+        )
+    return b',"Content-Length":"%d","_body":"%s"' % (
+        len(b),
+        json_escape(text).encode("utf-8", "surrogateescape"),
+    )
+
+
 @dataclass(slots=True)
 class Compiled:
-    """One template in one format: ``pattern % args(values)`` renders the event text."""
+    """One template in one format: ``pattern % args(values)`` renders the event text.
+
+    ``parts`` is the same text as a list, literal pieces at even indices and the slot
+    values of the last render at odd ones: rendering stores the values with one slice
+    assignment and joins the list (about twice as fast as ``%`` at ~80 slots).
+    """
 
     pattern: bytes
     slots: tuple[str, ...]
     args: Callable[[Mapping[str, bytes]], Any]
+    parts: list[bytes]
 
 
 @dataclass(slots=True)
@@ -264,7 +285,9 @@ class Template:
         """Render the event text (the frame body) in ``fmt`` from encoded slot values
         (``Encoded.for_format(fmt)``)."""
         c = self.compiled.get(fmt) or self.compile(fmt)
-        return c.pattern % c.args(values)
+        parts = c.parts
+        parts[1::2] = c.args(values)
+        return b"".join(parts)
 
 
 def _single(getter: Callable[[Any], Any]) -> Callable[[Any], tuple[Any, ...]]:
@@ -347,7 +370,16 @@ def _compile(tpl: Template, fmt: str) -> Compiled:
         getter = _single(operator.itemgetter(slots[0]))
     else:
         getter = operator.itemgetter(*slots)
-    return Compiled(b"".join(pieces), tuple(slots), getter)
+    parts: list[bytes] = []
+    text: list[bytes] = []
+    for piece in pieces:
+        if piece == b"%s":  # a slot (literal pieces have their % doubled)
+            parts += (b"".join(text).replace(b"%%", b"%"), b"")
+            text = []
+        else:
+            text.append(piece)
+    parts.append(b"".join(text).replace(b"%%", b"%"))
+    return Compiled(b"".join(pieces), tuple(slots), getter, parts)
 
 
 class TemplateStore:
