@@ -12,9 +12,11 @@ installed) the result is recorded as unavailable with the reason and the test sk
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -148,23 +150,35 @@ def run_switchio(addr: tuple, dest: str, rates: list[float], window: float) -> l
         os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
     )
     timeout = 12 + len(rates) * (window + 8)
+    # its own session: switchio forks helpers that outlive the child; the whole group is
+    # killed at the end, whatever happened
+    proc = subprocess.Popen(
+        [sys.executable, __file__, args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
     try:
-        proc = subprocess.run(
-            [sys.executable, __file__, args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=env,
-        )
-        lines = proc.stdout.splitlines()
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-        lines = out.splitlines()
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc.pid)
+        out, _ = proc.communicate()
+    finally:
+        _kill_group(proc.pid)
+    lines = (out or "").splitlines()
     results = []
     for line in lines:
         if line.startswith("{"):
             results.append(json.loads(line))
     return results
+
+
+def _kill_group(pgid: int) -> None:
+    """SIGKILL every process of the child's session (it leads its own process group)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 class _Pipe:
@@ -275,4 +289,6 @@ def _ver() -> str:
 if __name__ == "__main__":  # the switchio child (see run_switchio)
     _a = json.loads(sys.argv[1])
     _switchio_child(tuple(_a["addr"]), _a["dest"], _a["rates"], _a["window"], _Pipe())
+    if os.getpgrp() == os.getpid():  # started by run_switchio: end switchio's helpers too
+        os.killpg(os.getpid(), signal.SIGKILL)
     os._exit(0)  # switchio leaves non-daemon threads behind
