@@ -120,6 +120,8 @@ class Event:
         "_cache",
         "_body",
         "_body_done",
+        "_ts",
+        "_seq",
     )
 
     def __init__(self, fmt: str, raw: bytes, bs: int, be: int, offset: int) -> None:
@@ -135,6 +137,8 @@ class Event:
         self._body_done = False
         self._t = -2
         self._after = -1
+        self._ts = -1  # timestamp / sequence once computed (they are >= 0)
+        self._seq = -1
 
     # -- plain internals -------------------------------------------------------------
     def _region(self) -> int:
@@ -312,12 +316,18 @@ class Event:
     @property
     def timestamp(self) -> int:
         """Event-Date-Timestamp in microseconds (0 when absent or not a number)."""
-        return _int_field(self.get("Event-Date-Timestamp"))
+        v = self._ts
+        if v < 0:
+            v = self._ts = _int_field(self.get("Event-Date-Timestamp"))
+        return v
 
     @property
     def sequence(self) -> int:
         """Event-Sequence (0 when absent or not a number)."""
-        return _int_field(self.get("Event-Sequence"))
+        v = self._seq
+        if v < 0:
+            v = self._seq = _int_field(self.get("Event-Sequence"))
+        return v
 
     @property
     def body(self) -> str | None:

@@ -14,6 +14,7 @@ After :class:`~fastswitch.errors.ESLProtocolError` a :class:`Parser` is unusable
 
 from collections.abc import Mapping
 
+cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.ref cimport Py_INCREF, Py_XDECREF
 from cpython.unicode cimport PyUnicode_DecodeUTF8
@@ -87,6 +88,7 @@ cdef tuple _CTYPES = (
 cdef tuple _CTYPES_B = tuple(s.encode() for s in _CTYPES)
 
 
+@cython.no_gc  # holds only bytes / str / int / its own objects: no cycles
 cdef class Event:
     """A decoded FreeSWITCH event: a read-only ``Mapping[str, str]`` of its headers.
 
@@ -390,6 +392,7 @@ cdef Event _make_event(int fmt, bytes raw, Py_ssize_t bs, Py_ssize_t be, Py_ssiz
     return ev
 
 
+@cython.no_gc
 cdef class Frame:
     """One ESL message: its outer headers, body and (for events) the decoded event."""
 
@@ -448,6 +451,7 @@ cdef str _ctype(const char* p, Py_ssize_t n):
     return PyUnicode_DecodeUTF8(p, n, "replace")
 
 
+@cython.no_gc
 cdef class Parser:
     """Incremental ESL frame parser.
 

@@ -502,6 +502,91 @@ def test_crlf_tolerated(esl) -> None:
     assert f.event.unique_id == "u" and f.event.name == "X" and f.event.body is None
 
 
+HOT_FIELDS = {
+    "name": "Event-Name",
+    "subclass": "Event-Subclass",
+    "unique_id": "Unique-ID",
+    "job_uuid": "Job-UUID",
+    "other_leg_unique_id": "Other-Leg-Unique-ID",
+    "call_direction": "Call-Direction",
+    "hangup_cause": "Hangup-Cause",
+    "answer_state": "Answer-State",
+    "timestamp": "Event-Date-Timestamp",
+    "sequence": "Event-Sequence",
+}
+
+
+def _json_event(hs: list[tuple[str, str]]) -> bytes:
+    raw = orjson.dumps(dict(hs))
+    return b"Content-Length: %d\nContent-Type: text/event-json\n\n" % len(raw) + raw
+
+
+@pytest.mark.parametrize("fmt", ["plain", "json"])
+def test_hot_fields_cached_and_consistent(esl, fmt: str) -> None:
+    # near-miss names first: only an exact "Name:" line is the hot header
+    hs = [
+        ("Event-Names", "no"),
+        ("Event-Name", "CHANNEL_HANGUP"),
+        ("Unique-IDs", "no"),
+        ("Other-Leg-Unique-ID", "o-1"),
+        ("Event-Subclass", "a::b c"),
+        ("Unique-ID", "u-1"),
+        ("Call-Directions", "no"),
+        ("Caller-Direction", "no"),
+        ("Call-Direction", "outbound"),
+        ("Job-UUID", "j-1"),
+        ("Hangup-Cause", "NORMAL_CLEARING"),
+        ("Answer-State", "hangup"),
+        ("Event-Date-Timestamps", "9"),
+        ("Event-Date-Timestamp", "1764700000123456"),
+        ("Event-Sequence", "42"),
+    ]
+    if fmt == "plain":
+        hs.append(("Unique-ID", "second"))  # the first occurrence wins
+    data = plain_event(hs) if fmt == "plain" else _json_event(hs)
+    (f,) = esl.Parser().feed(data)
+    e = f.event
+    assert e.timestamp == 1764700000123456 and e.sequence == 42
+    assert e.unique_id == "u-1" and e.other_leg_unique_id == "o-1"
+    assert e.call_direction == "outbound" and e.subclass == "a::b c"
+    for attr, header in HOT_FIELDS.items():
+        first = getattr(e, attr)
+        assert getattr(e, attr) is first  # cached after the first read
+        if attr in ("timestamp", "sequence"):
+            assert first == int(e.get(header))
+        else:
+            assert e.get(header) is first or e.get(header) == first
+    # absent hot headers: None / 0, also when read through get()
+    (g,) = esl.Parser().feed(plain_event([("Other", "x")]))
+    ev = g.event
+    assert ev.name == "" and ev.unique_id is None and ev.job_uuid is None
+    assert ev.timestamp == 0 and ev.sequence == 0 and ev.get("Event-Name") is None
+
+
+@pytest.mark.parametrize("pad", range(0, 140, 3))
+def test_line_scan_chunk_boundaries(esl, pad: int) -> None:
+    """Header lines and the blank line at every offset of the 16/64-byte scan steps."""
+    hs = [
+        ("X-Pad", "a" * pad),
+        ("Event-Name", "X"),
+        ("variable_y", "v" * (pad % 70)),
+        ("Unique-ID", "u"),
+        ("Event-Date-Timestamp", "17"),
+    ]
+    for data in (plain_event(hs), plain_event(hs, b"body\n"), plain_event(hs, crlf=True)):
+        (f,) = esl.Parser().feed(data)
+        e = f.event
+        assert (e.name, e.unique_id, e.timestamp, e.var("y")) == ("X", "u", 17, "v" * (pad % 70))
+        assert outcome(esl, data) == outcome(_pyesl, data)
+    # header lines ending without a blank line, with or without a last '\n'
+    for tail in (b"", b"\n", b"\r\n", b"\r"):
+        inner = b"X-Pad: " + b"a" * pad + b"\nUnique-ID: u\nEvent-Name: X" + tail
+        data = b"Content-Length: %d\nContent-Type: text/event-plain\n\n" % len(inner) + inner
+        (f,) = esl.Parser().feed(data)
+        assert (f.event.name, f.event.get("Event-Name"), f.event.body) == ("X", "X", None)
+        assert outcome(esl, data) == outcome(_pyesl, data)
+
+
 def test_blank_lines_between_frames_skipped(esl) -> None:
     reply = frame([("Content-Type", "command/reply"), ("Reply-Text", "+OK")])
     frames = esl.Parser().feed(b"\n\r\n" + reply + b"\n\n" + reply)
