@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastswitch.commands import ORIGINATING_SESSION_VAR, client_var
 from fastswitch.errors import CommandError, ConnectionLost
-from fastswitch.models import _NO_VARS, Call, Job, Session
+from fastswitch.models import _NO_VARS, Call, Job, Session, error_cause
 
 if TYPE_CHECKING:
     from fastswitch.esl import Event
@@ -305,7 +305,7 @@ class CallTracker:
         """Count a failed job by cause, mark its call failed, log it in the seed's words
         and run ``job_failed_hooks``."""
         text = text or (job.result or "").strip()
-        cause = (text[4:].strip() if text.startswith("-ERR") else text) or "UNKNOWN"
+        cause = error_cause(text) or text or "UNKNOWN"
         self.failed_jobs[cause] = self.failed_jobs.get(cause, 0) + 1
         call = job.call
         if call is not None and not call.failed:

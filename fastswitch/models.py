@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from fastswitch.client import Client
     from fastswitch.esl import Event
 
-__all__ = ["Session", "Call", "Job"]
+__all__ = ["Session", "Call", "Job", "error_cause"]
 
 log = logging.getLogger("fastswitch.models")
 
@@ -328,6 +328,18 @@ class Call:
         return first.hangup(cause) if first is not None else None
 
 
+def error_cause(text: str) -> str | None:
+    """The cause of a FreeSWITCH error reply: ``'-ERR USER_BUSY'`` -> ``'USER_BUSY'``,
+    ``'-USAGE: <call url> ...'`` -> ``'USAGE'`` (a command FreeSWITCH could not parse)."""
+    text = text.strip()
+    if text.startswith("-ERR"):
+        return text[4:].strip() or None
+    if text.startswith("-"):
+        word = text[1:].split(None, 1)[0] if text[1:].strip() else ""
+        return word.rstrip(":") or None
+    return None
+
+
 class Job:
     """One ``bgapi`` command whose result comes later in a BACKGROUND_JOB event.
 
@@ -386,7 +398,7 @@ class Job:
         r = self.result
         if r is None or not self.failed:
             return None
-        return r[4:].strip() or None
+        return error_cause(r)
 
     @property
     def future(self) -> asyncio.Future:
@@ -414,7 +426,9 @@ class Job:
     def set_result(self, body: str, when: float) -> None:
         """Record the BACKGROUND_JOB body (called by the call tracker)."""
         self.result = body
-        self.failed = body.startswith("-ERR")
+        # '-ERR <CAUSE>', and FreeSWITCH's other refusals ('-USAGE: ...' for a command it
+        # cannot parse): every FreeSWITCH error reply starts with '-'
+        self.failed = body.startswith("-")
         self.done_time = when
         if self._fut is not None:
             self._settle(self._fut)

@@ -43,6 +43,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from fastswitch.measure import OK_CAUSES
+from fastswitch.models import error_cause
 
 if TYPE_CHECKING:
     from fastswitch.measure import CDRWriter
@@ -64,8 +65,8 @@ def _sip_status(sess: Session) -> str | None:
 
 def _job_cause(job: Job) -> str | None:
     r = job.result
-    if r and r.startswith("-ERR"):
-        return r[4:].strip() or None
+    if r and r.startswith("-"):
+        return error_cause(r)
     return None
 
 
