@@ -126,15 +126,30 @@ class ESLProtocol(asyncio.Protocol):
             self._garbage(exc)
             return
         now = _time()
-        on_event = self.client._on_event
+        client = self.client
+        on_event = client._on_event
+        last_event = None
         for frame in frames:
             try:
                 if frame.is_event:
-                    on_event(frame.event, now)
+                    last_event = frame.event
+                    on_event(last_event, now)
                 else:
                     self._on_frame(frame)
+            except ESLProtocolError as exc:
+                # a well-framed event whose body does not decode (bad JSON/XML): the stream
+                # is corrupt (e.g. FreeSWITCH's disconnect notice written into the middle
+                # of an event frame): a protocol error on this connection, like garbage
+                self._garbage(exc)
+                return
             except Exception:
                 log.exception("%s: error while handling %r", self.addr, frame)
+        if last_event is not None:
+            # how far behind FreeSWITCH the event stream runs (once per read, not per event)
+            client.last_event_rx = now
+            ts = last_event.timestamp
+            if ts:
+                client.event_delay = now - ts * 1e-6
 
     def eof_received(self) -> bool | None:
         return None  # close the transport
@@ -205,7 +220,15 @@ class ESLProtocol(asyncio.Protocol):
             for hook in hooks:
                 hook(frame)
         else:
-            log.debug("%s: ignoring frame %r", self.addr, frame)
+            # not a frame FreeSWITCH sends: say so (once per type), keep the connection
+            if ct not in self.client._unexpected_types:
+                self.client._unexpected_types.add(ct)
+                log.error(
+                    "%s: unexpected ESL frame of Content-Type %r ignored (%d bytes)",
+                    self.addr,
+                    ct,
+                    len(frame.raw),
+                )
 
     def _garbage(self, exc: ESLProtocolError) -> None:
         msg = str(exc)
@@ -346,6 +369,11 @@ class Client:
         self._connected_ev: asyncio.Event | None = None
         self._writable: asyncio.Event | None = None
         self.connections = 0  # successful (re)connections so far
+        self.last_event_rx = 0.0  # time.time() an event last arrived
+        # receive time minus FreeSWITCH's Event-Date-Timestamp of the latest event (includes
+        # any clock offset between the hosts: compare it with its own minimum)
+        self.event_delay = math.nan
+        self._unexpected_types: set[str] = set()
         self.last_error: BaseException | None = None  # why the last connection ended
 
     def __repr__(self) -> str:
@@ -782,6 +810,7 @@ class Client:
         template = build_originate_cmd(dest_url, **kwargs)
         if "\n" in template:
             raise ConfigurationError(f"the originate command must be one line: {template!r}")
+        _check_template(template)
         self._orig_cmd = template
         return template
 
@@ -900,6 +929,26 @@ class Client:
             cycle.append(best)
         self._app_cycle = cycle
         self._app_pos = 0
+
+
+def _check_template(template: str) -> None:
+    """Fail now, not at every originate, when ``str.format`` cannot fill ``template`` (a
+    lone brace in a value). Unknown ``{name}`` placeholders are left for ``rep_fields``."""
+    try:
+        template.format(uuid_str="u", app_id="a", call_index="1")
+    except KeyError as exc:
+        name = str(exc.args[0]) if exc.args else ""
+        if name.isidentifier():
+            return  # a rep_fields placeholder, filled per call
+        raise ConfigurationError(
+            f"the originate command has a stray '{{' or '}}' (near {name!r}); "
+            f"double literal braces: {template!r}"
+        ) from None
+    except (ValueError, IndexError) as exc:
+        raise ConfigurationError(
+            f"the originate command is not a valid template ({exc}); "
+            f"double literal braces: {template!r}"
+        ) from None
 
 
 def _log_setup_failure(fut: asyncio.Future) -> None:

@@ -191,7 +191,10 @@ class ClientHandle:
         """Set the originate command template of this slave (arguments of
         :func:`fastswitch.commands.build_originate_cmd`); returns the template. Takes effect
         in the worker at once, also while originating."""
-        cmd = self.request(("set_orig_cmd", args, kwargs))
+        try:
+            cmd = self.request(("set_orig_cmd", args, kwargs))
+        except ConfigurationError as exc:  # name the slave the setting was meant for
+            raise ConfigurationError(f"set_orig_cmd for {self.host}:{self.port}: {exc}") from None
         self.orig_cmd_args = (args, kwargs)
         self.originate_cmd = cmd
         return cmd
