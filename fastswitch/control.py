@@ -41,6 +41,15 @@ Layout (slot indexes)::
      15 W_BACKLOG     calls due by rate but held back by the limit (capacity signal)
      16 W_REMOTE      active calls whose A-leg another worker originated
      17 W_STATE       the run state the worker last acted on
+     18 W_SHED        1 while the worker sheds load (its event stream lags or stalled:
+                      it offers no new calls so FreeSWITCH's event queue cannot overflow)
+     19 W_LOST        calls this incarnation completed as lost (connection gone)
+     20 W_DISCONNECTS ESL connections to the slave this incarnation lost
+     21 W_KILLED      of those, how many FreeSWITCH ended with "killed listener because
+                      of lost events" (a slow consumer)
+     22 W_SHEDS       times the worker started shedding
+     23 W_BADCMD      1 when FreeSWITCH rejects the originate command itself (every call
+                      fails with CHAN_NOT_IMPLEMENTED, -USAGE ...): the worker stops offering
      32.. per hangup-cause failure counters, index CAUSES.index(cause) (OTHER last)
 
 The parent creates and unlinks the block; workers attach by name. ``close()`` releases the
@@ -173,6 +182,7 @@ W_RATE, W_LIMIT, W_MAX, W_ENABLED = 0, 1, 2, 3
 W_PID, W_HEARTBEAT, W_CONNECTED, W_ACTIVE, W_SESSIONS = 4, 5, 6, 7, 8
 W_ORIGINATED, W_ANSWERED, W_FAILED, W_PENDING, W_COMPLETED = 9, 10, 11, 12, 13
 W_HAS_CMD, W_BACKLOG, W_REMOTE, W_STATE = 14, 15, 16, 17
+W_SHED, W_LOST, W_DISCONNECTS, W_KILLED, W_SHEDS, W_BADCMD = 18, 19, 20, 21, 22, 23
 W_CAUSES = 32
 WORKER_SLOTS = W_CAUSES + len(CAUSES)
 
@@ -187,6 +197,10 @@ COUNTER_FIELDS = {
     "completed": W_COMPLETED,
     "backlog": W_BACKLOG,
     "remote": W_REMOTE,
+    "lost": W_LOST,
+    "disconnects": W_DISCONNECTS,
+    "killed": W_KILLED,
+    "sheds": W_SHEDS,
 }
 
 

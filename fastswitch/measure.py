@@ -451,6 +451,20 @@ class SettingsLog:
         self.data["changes"].append({"time": t, "setting": name, "value": value})
         self._save()
 
+    def incident(self, kind: str, time_: float | None = None, **fields: Any) -> None:
+        """Record something that happened to the run (``incidents``: a slave went down or
+        came back, a worker crashed or was restarted, a worker shed load, FreeSWITCH killed
+        a listener for lost events ...), with its details (``slave``, ``unrecorded`` ...)."""
+        t = time.time() if time_ is None else float(time_)
+        self.data.setdefault("incidents", []).append(dict(fields, time=t, kind=kind))
+        self._save()
+
+    def set_totals(self, totals: Mapping[str, Any]) -> None:
+        """Record the Originator's final counters (``totals``: calls offered, answered,
+        failed, lost ..., over every worker incarnation) when the run ends."""
+        self.data["totals"] = dict(totals)
+        self._save()
+
     @property
     def initial(self) -> dict[str, Any]:
         return self.data["initial"]
@@ -919,6 +933,12 @@ def summarize(
       ``failed_by_cause``: ``{hangup_cause: n}`` over the failed rows ('UNKNOWN' if none);
       ``failed_by_verdict``: ``{app_verdict: n}``; ``lost``: rows with ``lost`` set, and
       ``lost_by_reason``; ``callee_only``: B-leg rows with no caller row in the run.
+    - ``unrecorded``: calls offered whose rows were lost with a crashed worker (counted by the
+      parent when it saw the crash: settings.json ``incidents``); ``incidents``: ``{kind: n}``
+      (``slave_down``, ``slave_up``, ``worker_died``, ``worker_restarted``, ``shedding``,
+      ``listener_killed`` ...); ``offered_total``: the Originator's count of calls offered
+      (settings.json ``totals``, None while the run is going on). A run that ended cleanly
+      has ``offered == offered_total - unrecorded``.
     - ``start``, ``end``, ``duration``: first and last ``caller_create`` and the span (s).
     - ``rate``: ``achieved`` (offered / span, calls/s), ``target`` (in force at the last
       call's creation), ``over_time``: one entry a second ``{"t": seconds since start,
@@ -994,6 +1014,21 @@ def summarize(
         sums = _counter_sums(ctr, "active_calls", np.unique(_f64(ctr, "time")))
         max_active_counters = int(np.nanmax(sums))
 
+    # Calls whose rows died with a crashed worker (counted by the parent at the crash),
+    # the run's incidents by kind, and the Originator's own count of calls offered.
+    incident_list = [i for i in settings.get("incidents", ()) if isinstance(i, Mapping)]
+    unrecorded = int(sum(int(i.get("unrecorded", 0) or 0) for i in incident_list))
+    incidents: dict[str, int] = {}
+    for i in incident_list:
+        k = str(i.get("kind"))
+        incidents[k] = incidents.get(k, 0) + 1
+    totals = settings.get("totals")
+    offered_total = (
+        int(totals["originated"])
+        if isinstance(totals, Mapping) and totals.get("originated") is not None
+        else None
+    )
+
     def groups(col: str) -> dict[str, dict]:
         return {
             name: _group_summary(m, idx, answered, lost)
@@ -1009,6 +1044,9 @@ def summarize(
         "lost": int(lost[call_rows].sum()),
         "lost_by_reason": lost_by_reason,
         "callee_only": int(n - call_rows.size),
+        "unrecorded": unrecorded,
+        "incidents": incidents,
+        "offered_total": offered_total,
         "start": start,
         "end": end,
         "duration": span,
@@ -1114,6 +1152,10 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         parts += ["", _table(("app verdict", "calls"), sorted(s["failed_by_verdict"].items()))]
     if s["lost_by_reason"]:
         parts += ["", _table(("lost because", "calls"), sorted(s["lost_by_reason"].items()))]
+    if s.get("unrecorded"):
+        parts += ["", f"unrecorded (rows lost with a crashed worker): {s['unrecorded']}"]
+    if s.get("incidents"):
+        parts += ["", _table(("incident", "times"), sorted(s["incidents"].items()))]
     parts += ["", _table(("app",) + _GROUP_HEADERS, _group_rows(s["per_app"]))]
     parts += ["", _table(("slave",) + _GROUP_HEADERS, _group_rows(s["per_slave"]))]
     return "\n".join(parts) + "\n"

@@ -40,6 +40,7 @@ import logging
 import math
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 import time
@@ -63,11 +64,16 @@ __all__ = ["Originator", "get_originator", "INITIAL", "ORIGINATING", "STOPPED", 
 DURATION_OFFSET = 10
 
 #: Extra keyword options passed through to the workers.
-_WORKER_OPTIONS = frozenset({"client_options", "log_level", "log_max_per_sec", "reconnect"})
+_WORKER_OPTIONS = frozenset(
+    {"client_options", "log_level", "log_max_per_sec", "reconnect", "shed_after", "shed_lag"}
+)
 
 #: Monitor ticks of lag before a worker counts as at capacity, and of calm to recover.
 _CAPACITY_TICKS = 3
 _RECOVER_TICKS = 20
+
+#: The originate result FreeSWITCH gives when its sps / max_sessions limit refuses a call.
+_THROTTLE_CAUSE = "DESTINATION_OUT_OF_ORDER"
 
 _live: weakref.WeakSet[Originator] = weakref.WeakSet()
 
@@ -81,6 +87,23 @@ def _shutdown_all() -> None:
 
 
 atexit.register(_shutdown_all)
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM in a script that left it at its default: exit through the interpreter's
+    normal path (SystemExit), so the Originators shut down cleanly at exit (calls hung up,
+    CDRs flushed, workers stopped, shared memory released) instead of dying on the spot."""
+    raise SystemExit(128 + signal.SIGTERM)
+
+
+def _install_sigterm() -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _on_sigterm)
+    except (ValueError, OSError):  # not the main interpreter
+        pass
 
 
 @contextlib.contextmanager
@@ -145,6 +168,18 @@ def _normalize_contacts(contacts: Any, password: str) -> list[tuple[str, int, st
             out.append((host, port, pw))
     if not out:
         raise ConfigurationError("get_originator() needs at least one slave contact")
+    seen: set[tuple[str, int]] = set()
+    for host, port, _pw in out:
+        if not host:
+            raise ConfigurationError(f"contact {host}:{port} has no host name")
+        if not 0 < port < 65536:
+            raise ConfigurationError(f"contact {host}:{port}: port out of range")
+        if (host, port) in seen:
+            raise ConfigurationError(
+                f"duplicate contact {host}:{port}: each slave may be listed once "
+                "(two workers on one slave would hang up each other's calls)"
+            )
+        seen.add((host, port))
     return out
 
 
@@ -210,6 +245,15 @@ class Originator:
         self._max_pool = 0.0  # max_sessions share not held by any worker yet
         self._weights: list[float] = [0.0] * len(contacts)
         self._capacity: list[int] = [0] * len(contacts)  # see _watch_capacity
+        # what the monitor last saw of each worker: connected, disconnects, shedding, kills
+        self._seen: list[dict[str, float]] = [
+            {"connected": 1.0, "disconnects": 0.0, "shed": 0.0, "killed": 0.0, "badcmd": 0.0}
+            for _ in contacts
+        ]
+        self._unrecorded = 0  # calls offered by crashed workers whose rows died with them
+        # throttling watch: per worker, refusals counted at the last warning, and when
+        self._throttle_seen: list[float] = [0.0] * len(contacts)
+        self._throttle_at: list[float] = [0.0] * len(contacts)
 
         from fastswitch.measure import SettingsLog, new_run_dir
 
@@ -311,8 +355,13 @@ class Originator:
         for k, v in cb.counters(i).items():
             if k in ("originated", "answered", "failed", "completed"):
                 self._retired[i][k] += v
+        for k, v in cb.counters(i).items():
+            if k in ("lost", "disconnects", "killed", "sheds"):
+                self._retired[i][k] += v
         for cause, n in cb.causes(i).items():
             self._retired_causes[i][cause] = self._retired_causes[i].get(cause, 0) + n
+        self._count_unrecorded(i, cb.get(i, C.W_ORIGINATED))
+        self._seen[i].update(connected=1.0, disconnects=0.0, shed=0.0, killed=0.0, badcmd=0.0)
         unused = self._max_alloc[i] - cb.get(i, C.W_ORIGINATED)
         if not math.isinf(unused) and unused > 0:
             self._max_pool += unused  # handed to the survivors by _rebalance
@@ -324,6 +373,155 @@ class Originator:
         cb.put(i, C.W_ENABLED, 0.0)
         cb.reset_worker(i)
         return unused
+
+    def _count_unrecorded(self, i: int, offered: float) -> None:
+        """A worker incarnation died: its calls with no flushed CDR row (in progress, or in
+        the unflushed batch) are lost to the records. Count them from its CDR file, which
+        keeps every batch flushed before the crash, and record the count in settings.json
+        (``incidents``), where the report finds it."""
+        from fastswitch.measure import cdr_path, read_stream
+
+        h = self.pool.clients[i]
+        path = cdr_path(self.run_dir, i)
+        if h.incarnation > 1:
+            path = path.with_name(f"cdr-{i}r{h.incarnation}.arrows")
+        try:
+            table = read_stream(path)
+            kinds = table.column("row_kind").to_pylist() if table.num_rows else []
+            recorded = sum(1 for k in kinds if k != "callee")
+        except Exception as exc:  # an unreadable file: every offer is unrecorded
+            self.log.warning("could not read %s: %s", path, exc)
+            recorded = 0
+        unrecorded = max(0, int(offered) - recorded)
+        self._unrecorded += unrecorded
+        self.log.error(
+            "worker for %s:%d (incarnation %d) died: %d calls offered, %d recorded, "
+            "%d lost without a CDR row",
+            h.host,
+            h.port,
+            h.incarnation,
+            int(offered),
+            recorded,
+            unrecorded,
+        )
+        self._incident(
+            "worker_died",
+            slave=f"{h.host}:{h.port}",
+            incarnation=h.incarnation,
+            exitcode=h.process.exitcode if h.process is not None else None,
+            offered=int(offered),
+            recorded=recorded,
+            unrecorded=unrecorded,
+        )
+
+    def _incident(self, kind: str, **fields: Any) -> None:
+        try:
+            self._settings_log.incident(kind, **fields)
+        except OSError as exc:
+            self.log.warning("could not record %s in settings.json: %s", kind, exc)
+
+    def _watch_slaves(self, handles: list[ClientHandle]) -> bool:
+        """Log and record a slave going down or coming back, a worker that starts or stops
+        shedding load, and FreeSWITCH killing a listener for lost events. True when a
+        worker's weight may have changed."""
+        cb = self._cb
+        changed = False
+        for h in handles:
+            i = h.index
+            if i in self._dead or not cb.get(i, C.W_PID):
+                continue
+            seen = self._seen[i]
+            slave = f"{h.host}:{h.port}"
+            conn = cb.get(i, C.W_CONNECTED)
+            disc = cb.get(i, C.W_DISCONNECTS)
+            killed = cb.get(i, C.W_KILLED)
+            shed = cb.get(i, C.W_SHED)
+            if killed > seen["killed"]:
+                self.log.error(
+                    "%s killed the listener of its worker because of lost events "
+                    "(FreeSWITCH's event queue overflowed)",
+                    slave,
+                )
+                self._incident("listener_killed", slave=slave, times=int(killed - seen["killed"]))
+            if disc > seen["disconnects"] or (seen["connected"] and not conn):
+                self.log.warning(
+                    "slave %s is down (%d calls lost so far); its share moves to the others",
+                    slave,
+                    int(cb.get(i, C.W_LOST)),
+                )
+                self._incident("slave_down", slave=slave, lost=int(cb.get(i, C.W_LOST)))
+                seen["connected"] = 0.0
+                changed = True
+            if conn and not seen["connected"]:
+                self.log.warning("slave %s is up again; it takes its share back", slave)
+                self._incident("slave_up", slave=slave)
+                changed = True
+            if shed != seen["shed"]:
+                if shed:
+                    self.log.warning(
+                        "worker for %s sheds load (its events lag behind); its share moves "
+                        "to the others",
+                        slave,
+                    )
+                    self._incident("shedding", slave=slave)
+                else:
+                    self.log.info("worker for %s caught up; it takes its share back", slave)
+                    self._incident("shedding_ended", slave=slave)
+                changed = True
+            bad = cb.get(i, C.W_BADCMD)
+            if bad and not seen["badcmd"]:
+                self.log.error(
+                    "ConfigurationError: %s rejects the originate command %r (every call "
+                    "fails: unknown endpoint or syntax error); no calls go to that slave "
+                    "until set_orig_cmd() is called again",
+                    slave,
+                    h.originate_cmd,
+                )
+                self._incident("originate_rejected", slave=slave, command=h.originate_cmd)
+                changed = True
+            elif seen["badcmd"] and not bad:
+                changed = True
+            seen.update(connected=conn, disconnects=disc, shed=shed, killed=killed, badcmd=bad)
+        if changed and self._state == ORIGINATING:
+            rejected = [h for h in handles if h.index not in self._dead]
+            if rejected and all(cb.get(h.index, C.W_BADCMD) for h in rejected):
+                self.log.error(
+                    "ConfigurationError: every slave rejects its originate command; stopping"
+                )
+                self._set_state(STOPPED)
+        return changed
+
+    def _watch_throttling(self, handles: list[ClientHandle], now: float) -> None:
+        """Warn (at most every 5 s per slave) when a slave refuses originates the way
+        FreeSWITCH does when its ``sessions-per-second`` or ``max-sessions`` limit is
+        reached (``-ERR DESTINATION_OUT_OF_ORDER``, ``Throttle Error!`` in its log). The
+        refusals stay counted by cause; the rate is not lowered behind the user's back."""
+        cb = self._cb
+        idx = C.cause_index(_THROTTLE_CAUSE)
+        for h in handles:
+            i = h.index
+            if i in self._dead or now - self._throttle_at[i] < 5.0:
+                continue
+            n = cb.get(i, C.W_CAUSES + idx)
+            if n < self._throttle_seen[i]:  # a restarted worker counts from 0
+                self._throttle_seen[i] = 0.0
+            new = n - self._throttle_seen[i]
+            if new > 0:
+                self._throttle_seen[i] = n
+                self._throttle_at[i] = now
+                self.log.warning(
+                    "%s:%d refused %d originates with %s: its sessions-per-second or "
+                    "max-sessions limit is reached (fsctl sps / fsctl max_sessions); the "
+                    "rate stays at %s cps, refused calls are counted as failed",
+                    h.host,
+                    h.port,
+                    int(new),
+                    _THROTTLE_CAUSE,
+                    _fmt_setting(self._rate),
+                )
+                self._incident(
+                    "throttled", slave=f"{h.host}:{h.port}", cause=_THROTTLE_CAUSE, calls=int(new)
+                )
 
     def _monitor_loop(self) -> None:
         handles = self.pool.clients
@@ -381,6 +579,8 @@ class Originator:
             if stale and now - hb > 5 * self.heartbeat_timeout and h.is_alive():
                 self.log.error("worker for %s:%d hung; killing it", h.host, h.port)
                 h.process.kill()
+        if self._watch_slaves(handles):
+            changed = True
         if changed:
             self._rebalance(force=True)  # the survivors take the share at once
             changed = False
@@ -408,8 +608,12 @@ class Originator:
                 with self._lock:
                     self._dead.discard(i)
                 self.log.info("worker for %s:%d restarted", h.host, h.port)
+                self._incident(
+                    "worker_restarted", slave=f"{h.host}:{h.port}", incarnation=h.incarnation
+                )
                 changed = True
         self._watch_capacity()
+        self._watch_throttling(handles, now)
         self._rebalance(force=changed)
         self._check_progress()
 
@@ -433,6 +637,8 @@ class Originator:
                 or i in self._stale
                 or not cb.get(i, C.W_CONNECTED)
                 or not cb.get(i, C.W_HAS_CMD)
+                or cb.get(i, C.W_SHED)
+                or cb.get(i, C.W_BADCMD)
             ):
                 out.append(0.0)
                 continue
@@ -548,10 +754,12 @@ class Originator:
     def _check_limit(limit: float) -> None:
         if (
             not isinstance(limit, int | float)
-            or limit < 0
+            or not limit >= 1
             or (not math.isinf(limit) and int(limit) != limit)
         ):
-            raise ConfigurationError(f"limit must be a non-negative integer, got {limit!r}")
+            raise ConfigurationError(
+                f"limit must be a whole number of concurrent calls >= 1, got {limit!r}"
+            )
 
     def _auto_value(self) -> float:
         return self._limit / self._rate + DURATION_OFFSET
@@ -792,7 +1000,10 @@ class Originator:
         return self._total("originated")
 
     def stats(self) -> dict[str, int]:
-        """Cluster totals: originated, answered, failed, completed, active, sessions."""
+        """Cluster totals: originated, answered, failed, completed, active, sessions;
+        ``lost`` (calls completed as lost when a slave connection dropped: they have a CDR
+        row saying why), ``unrecorded`` (calls whose rows died with a crashed worker),
+        ``disconnects`` (slave connections lost) and ``sheds`` (times a worker shed load)."""
         return {
             "originated": self._total("originated"),
             "answered": self._total("answered"),
@@ -800,6 +1011,10 @@ class Originator:
             "completed": self._total("completed"),
             "active": self.count_calls(),
             "sessions": self.count_sessions(),
+            "lost": self._total("lost"),
+            "unrecorded": self._unrecorded,
+            "disconnects": self._total("disconnects"),
+            "sheds": self._total("sheds"),
         }
 
     def slave_stats(self) -> list[dict[str, Any]]:
@@ -939,7 +1154,19 @@ class Originator:
             self.waitwhile(lambda: self.count_calls() > 0, timeout=min(timeout, 3.0))
         else:
             self.stop()
+        self._record_totals()
         self._teardown(graceful=True, timeout=timeout)
+
+    def _record_totals(self) -> None:
+        """Write the run's final counters into settings.json (``totals``): the report checks
+        its CDR rows against them (rows == offered - unrecorded)."""
+        try:
+            totals: dict[str, Any] = dict(self.stats())
+            totals["killed"] = self._total("killed")
+            totals["failures"] = self.failures
+            self._settings_log.set_totals(totals)
+        except Exception as exc:  # never let the report keep the run from stopping
+            self.log.warning("could not record the run's totals: %s", exc)
 
     def _teardown(self, graceful: bool, timeout: float = 5.0) -> None:
         self._closed = True
@@ -1032,4 +1259,5 @@ def get_originator(
     left running).
     """
     ensure_default_handler()
+    _install_sigterm()
     return Originator(_normalize_contacts(contacts, password), **kwargs)

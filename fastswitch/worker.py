@@ -43,6 +43,7 @@ from typing import Any
 
 from fastswitch import control as C
 from fastswitch.control import ORIGINATING, ControlBlock, cause_index
+from fastswitch.models import error_cause
 
 __all__ = ["main", "Worker"]
 
@@ -51,6 +52,12 @@ _IDLE_TICK = 0.02
 _MAX_TICK = 0.05
 _MIN_TICK = 0.005  # above 200 cps calls go out in 5 ms batches (one loop pass, fewer wake-ups)
 _HOLD_SLOT = 0.005  # hold timers are grouped into 5 ms slots: one TimerHandle per slot
+#: Originate results that say the command itself is wrong (not the callee, not a limit).
+_BAD_COMMAND_CAUSES = frozenset(
+    {"CHAN_NOT_IMPLEMENTED", "INVALID_PROFILE", "INVALID_GATEWAY", "INVALID_URL", "USAGE"}
+)
+#: Consecutive such failures (and no call that got further) before the worker stops.
+_BAD_COMMAND_RUN = 5
 
 
 def _ignore(fut: asyncio.Future) -> None:
@@ -127,6 +134,22 @@ class Worker:
         self._warned_lag = 0.0
         self._dispatch = self.listener.dispatch
         self._holds: dict[int, list[str]] = {}  # hold-timer slot -> A-leg uuids to hang up
+        # faults and shedding
+        self.lost = 0  # calls completed as lost (the connection dropped)
+        self.disconnects = 0
+        self.killed = 0  # disconnects FreeSWITCH made because we lost events
+        self.shedding = False
+        self.sheds = 0
+        self.shed_after = float(opts.get("shed_after", 1.0))  # s of event silence after an offer
+        self.shed_lag = float(opts.get("shed_lag", 2.0))  # s the event stream may lag behind
+        self._shed_at = 0.0
+        self._last_offer_rx = 0.0  # time.time() of the latest originate
+        self._first_offer_rx = 0.0  # time.time() of the first originate since the last event
+        self._delay_min = math.inf  # smallest event delay seen (clock offset + wire)
+        self._connected_at = 0.0
+        self._bad_run = 0  # consecutive originates rejected as a bad command
+        self._terminating = False
+        self.bad_cmd: str | None = None  # why the command was rejected, once it was
 
     # -- set-up ------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -148,12 +171,17 @@ class Worker:
             await self.client.close()
             return
         d[b + C.W_CONNECTED] = 1.0
+        self._connected_at = time.time()
         # the first counters row warms pyarrow up (its first conversion takes a while):
         # done before reporting ready, so the loop is responsive once the parent goes on
         self._per_second()
         self._heartbeat()
         self.conn.send((0, "ok", {"pid": os.getpid(), "host": self.host, "port": self.port}))
         loop.add_reader(self.conn.fileno(), self._on_pipe)
+        try:
+            loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass
         self._tick()
         try:
             await self.done
@@ -165,6 +193,7 @@ class Worker:
 
         listener = self.listener
         listener.call_complete_hooks.append(self._on_complete)
+        listener.job_failed_hooks.append(self._on_job_failed)
         listener.dispatch = self._on_dispatch
         self.client.connect_hooks.append(self._on_connect)
         self.client.disconnect_hooks.append(self._on_disconnect)
@@ -203,10 +232,58 @@ class Worker:
                     f"hupall NORMAL_CLEARING fastswitch_client {app_id}", errcheck=False
                 )
                 fut.add_done_callback(_ignore)
+        self._connected_at = time.time()
         self.d[self.b + C.W_CONNECTED] = 1.0
 
     def _on_disconnect(self, client: Any, cause: BaseException, lost: tuple) -> None:
-        self.d[self.b + C.W_CONNECTED] = 0.0
+        d, b = self.d, self.b
+        if d is None:
+            return
+        d[b + C.W_CONNECTED] = 0.0
+        self.disconnects += 1
+        d[b + C.W_DISCONNECTS] = self.disconnects
+        text = str(cause)
+        if "lost events" in text:
+            # FreeSWITCH's event queue for us overflowed (a slow consumer, research §6.1)
+            self.killed += 1
+            d[b + C.W_KILLED] = self.killed
+            self.log.error(
+                "%s:%d killed our listener because of lost events (we read too slowly); "
+                "%d calls lost, reconnecting",
+                self.host,
+                self.port,
+                lost[0],
+            )
+        else:
+            self.log.error(
+                "lost the connection to %s:%d (%s); %d calls lost, reconnecting",
+                self.host,
+                self.port,
+                text,
+                lost[0],
+            )
+        self._set_shedding(False, "")
+        self._delay_min = math.inf  # a new connection may run on another path
+
+    def _on_sigterm(self) -> None:
+        """SIGTERM (e.g. sent to the whole process group): stop offering, hang up this
+        worker's calls, then close the client and the CDR files like a shutdown request."""
+        if self.done is None or self.done.done() or self._terminating:
+            return
+        self._terminating = True  # _tick offers nothing more
+        self.log.warning("SIGTERM: hanging up our calls and stopping")
+
+        async def stop() -> None:
+            ids = [a for a in self.client.apps.apps if a != "__cdr__"]
+            try:
+                async with asyncio.timeout(2.0):
+                    await asyncio.gather(*(self.client.hupall(app_id=a) for a in ids))
+            except Exception as exc:  # not connected, timed out: the calls end as lost
+                self.log.warning("hupall at SIGTERM failed: %s", exc)
+            if not self.done.done():
+                self.done.set_result(None)
+
+        self.loop.create_task(stop())
 
     # -- pipe ------------------------------------------------------------------------------
     def _on_pipe(self) -> None:
@@ -243,6 +320,9 @@ class Worker:
             _, args, kwargs = msg
             cmd = client.set_orig_cmd(*args, **kwargs)
             self.has_cmd = True
+            self._bad_run = 0
+            self.bad_cmd = None
+            self.d[self.b + C.W_BADCMD] = 0.0
             self.d[self.b + C.W_HAS_CMD] = 1.0
             return cmd
         if kind == "load_app":
@@ -303,7 +383,15 @@ class Worker:
             client = self.client
             # a full socket buffer (the slave stopped reading) holds offers back; the
             # rate clock keeps running and catches up (at most a second) once it drains
-            if rate > 0 and self.has_cmd and client.connected and client.writable:
+            if (
+                rate > 0
+                and self.has_cmd
+                and client.connected
+                and client.writable
+                and not self.shedding
+                and self.bad_cmd is None
+                and not self._terminating
+            ):
                 delay = self._offer(now, rate)
             elif not self.has_cmd and not self._warned_no_cmd:
                 self._warned_no_cmd = True
@@ -350,6 +438,13 @@ class Worker:
             self.active += sent
             if sent:
                 self._last_sent = now
+                wall = time.time()
+                if self._last_offer_rx <= self.client.last_event_rx:
+                    self._first_offer_rx = wall  # the first offer since the latest event
+                self._last_offer_rx = wall
+                # at once, not at the next heartbeat: a crash right after must not hide
+                # offers from the parent's count of calls without a CDR row
+                d[b + C.W_ORIGINATED] = self.originated
             if sent < due:
                 # held back by limit / max_sessions (or an error): nothing is owed later;
                 # poll for room at the call interval
@@ -393,6 +488,35 @@ class Worker:
             except Exception:
                 return  # not connected: these calls are lost anyway
 
+    def _on_job_failed(self, job: Any) -> None:
+        """Stop offering on this slave when FreeSWITCH rejects the originate command itself
+        (``-ERR CHAN_NOT_IMPLEMENTED`` for an unknown endpoint, ``-USAGE`` for a syntax
+        error) for ``_BAD_COMMAND_RUN`` calls in a row: every further call would fail the
+        same way. The parent reports it; ``set_orig_cmd`` starts over."""
+        if job.call is None or job.call.remote:
+            return
+        text = (job.result or "").strip()
+        if not text:
+            exc = job._exc
+            text = getattr(exc, "reply", None) or str(exc or "")
+        cause = error_cause(text)
+        if cause not in _BAD_COMMAND_CAUSES:
+            self._bad_run = 0
+            return
+        self._bad_run += 1
+        if self._bad_run >= _BAD_COMMAND_RUN and self.bad_cmd is None:
+            self.bad_cmd = cause
+            self.d[self.b + C.W_BADCMD] = 1.0
+            self.log.error(
+                "ConfigurationError: %s:%d rejects the originate command (%d calls in a row "
+                "failed with %s); not offering calls there until it is set again. Command: %s",
+                self.host,
+                self.port,
+                self._bad_run,
+                text.splitlines()[0][:200] if text else cause,
+                self.client.originate_cmd,
+            )
+
     def _on_complete(self, call: Any) -> None:
         if not call.remote:
             self.active -= 1
@@ -401,6 +525,10 @@ class Worker:
         self.cdr_writer.append(row)
         if call.remote:
             return
+        if call.lost:
+            self.lost += 1
+        elif not row[self._failed_col]:
+            self._bad_run = 0  # a call went through: the command is fine
         if row[self._failed_col]:
             self.failed += 1
             cause = row[self._cause_col] or ("LOST" if call.lost else None)
@@ -426,10 +554,75 @@ class Worker:
         d[b + C.W_BACKLOG] = self._lag
         d[b + C.W_REMOTE] = self.listener.active_calls - self.active
         d[b + C.W_STATE] = d[C.H_STATE]
+        d[b + C.W_LOST] = self.lost
+        if self.shed_after > 0 or self.shed_lag > 0:
+            self._check_shedding()
         w = self.cdr_writer
         if w is not None:
             w.maybe_flush()
         self._hb_handle = self.loop.call_later(_HEARTBEAT_PERIOD, self._heartbeat)
+
+    def _check_shedding(self) -> None:
+        """Shed load (offer no new calls on this slave) while our event stream stalls or
+        lags, so FreeSWITCH's per-listener queue (100,000 events) never overflows.
+
+        - stalled: an originate went out more than ``shed_after`` s ago and no event has
+          arrived since (counted from the first originate after the latest event) (FreeSWITCH emits CHANNEL_CREATE at once for every originate);
+        - lagging: the latest event's delay (receive time - Event-Date-Timestamp) exceeds
+          the smallest delay seen on this connection by more than ``shed_lag`` s.
+
+        Offering resumes once events flow again with the delay back under half the lag.
+        """
+        client = self.client
+        if not client.connected:
+            return
+        now = time.time()
+        rx = client.last_event_rx
+        delay = client.event_delay
+        if delay == delay:  # not NaN
+            if delay < self._delay_min:
+                self._delay_min = delay
+            # a second without events: nothing is queued for us (a stall is caught below)
+            lag = delay - self._delay_min if now - rx < 1.0 else 0.0
+        else:
+            lag = 0.0
+        since = max(rx, self._connected_at)
+        stalled = (
+            self.shed_after > 0
+            and self._first_offer_rx > since
+            and now - self._first_offer_rx > self.shed_after
+        )
+        lagging = self.shed_lag > 0 and lag > self.shed_lag
+        if not self.shedding:
+            if stalled or lagging:
+                why = (
+                    f"no event for {now - since:.1f}s since an originate"
+                    if stalled
+                    else f"events arrive {lag:.1f}s late"
+                )
+                self._set_shedding(True, why)
+        elif rx > self._shed_at and not lagging and lag < max(self.shed_lag, 0.2) / 2:
+            self._set_shedding(False, f"events flow again ({lag:.1f}s behind)")
+
+    def _set_shedding(self, on: bool, why: str) -> None:
+        if on == self.shedding:
+            return
+        self.shedding = on
+        d, b = self.d, self.b
+        if on:
+            self.sheds += 1
+            self._shed_at = time.time()
+            self.log.warning(
+                "shedding load on %s:%d: %s; offering no new calls there until it catches up",
+                self.host,
+                self.port,
+                why,
+            )
+        elif why:
+            self.log.warning("%s:%d caught up: %s; offering again", self.host, self.port, why)
+        if d is not None:
+            d[b + C.W_SHED] = 1.0 if on else 0.0
+            d[b + C.W_SHEDS] = self.sheds
 
     def _per_second(self) -> None:
         d, b = self.d, self.b
