@@ -37,7 +37,8 @@ _SLOT_RE = re.compile("\x01([A-Za-z0-9_]+)\x01")
 # switch_url_encode: everything outside this set is written as %XX (uppercase hex).
 _SAFE = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!$'()*,-./_~")
 _URL_TABLE = [chr(b) if b in _SAFE else f"%{b:02X}" for b in range(256)]
-_URL_ASCII = {b: f"%{b:02X}" for b in range(128) if b not in _SAFE}  # for str.translate
+_URL_ASCII = {chr(b): f"%{b:02X}" for b in range(128) if b not in _SAFE}
+_UNSAFE_RE = re.compile(r"[^A-Za-z0-9!$'()*,\-./_~]")
 _SAFE_RE = re.compile(r"[A-Za-z0-9!$'()*,\-./_~]*")
 _JSON_SAFE_RE = re.compile(r"[ !#-\[\]-~]*")  # printable ASCII but " and \
 
@@ -46,8 +47,14 @@ def url_encode(value: str) -> str:
     """Percent-encode a header value as FreeSWITCH's plain serializer does."""
     if _SAFE_RE.fullmatch(value):
         return value
-    if value.isascii():
-        return value.translate(_URL_ASCII)
+    if value.isascii():  # replace each unsafe character present (% first): C-speed
+        chars = set(_UNSAFE_RE.findall(value))
+        if "%" in chars:
+            value = value.replace("%", "%25")
+            chars.discard("%")
+        for c in chars:
+            value = value.replace(c, _URL_ASCII[c])
+        return value
     return "".join([_URL_TABLE[b] for b in value.encode("utf-8", "surrogateescape")])
 
 
