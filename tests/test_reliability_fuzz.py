@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import sys
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,9 @@ from fastswitch.errors import (
     ESLError,
     ESLProtocolError,
 )
+
+sys.path.insert(0, str(Path(__file__).parent))
+from replay_server import ScriptServer, api_response, reply  # noqa: E402
 
 try:
     from fastswitch import _esl
@@ -221,3 +225,41 @@ def test_parser_fuzz_only_protocol_errors(captures_dir, mod):
                 except ESLProtocolError:
                     bad_events += 1
     assert errors > 0 and bad_events > 0
+
+
+def test_unexpected_content_type_is_a_clear_error_and_nothing_else_breaks(caplog):
+    """A frame of a Content-Type FreeSWITCH never sends, mid-session: one clear error
+    naming the server and the type (not repeated for the next one), the connection and
+    the commands around it go on; a reply for no command is a warning, not a crash."""
+    odd = b"Content-Type: text/x-surprise\nContent-Length: 5\n\nhello"
+
+    def respond(i: int, cmd: bytes):
+        text = cmd.decode()
+        if text.startswith("auth"):
+            return reply("+OK accepted")
+        if text == "api status":
+            return [odd, api_response("UP\n"), odd, reply("+OK stray")]
+        if text.startswith("api "):
+            return api_response("+OK\n")
+        return reply("+OK")
+
+    caplog.set_level(logging.INFO)
+
+    async def main() -> tuple[str, str, bool]:
+        async with ScriptServer(respond) as srv:
+            client = Client("127.0.0.1", srv.port, reconnect=False)
+            await client.connect(timeout=5)
+            try:
+                async with asyncio.timeout(5):
+                    first = await client.api("status")
+                    second = await client.api("version")
+                return first, second, client.connected
+            finally:
+                await client.close()
+
+    first, second, connected = asyncio.run(main())
+    assert (first, second, connected) == ("UP\n", "+OK\n", True)
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len([m for m in errors if "text/x-surprise" in m]) == 1, errors
+    assert "unexpected ESL frame" in errors[0] and "127.0.0.1:" in errors[0]
+    assert any("unexpected reply '+OK stray'" in r.getMessage() for r in caplog.records)
