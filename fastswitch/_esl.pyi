@@ -8,7 +8,10 @@ from fastswitch.errors import ESLProtocolError as ESLProtocolError
 MAX_FRAME_SIZE: int
 
 class Event:
-    """A decoded event: a read-only Mapping[str, str] of its headers."""
+    """A decoded event: a read-only Mapping[str, str] of its headers.
+
+    The hot fields (name ... sequence) are computed on first read and cached.
+    """
 
     @property
     def format(self) -> str: ...  # 'plain' | 'json' | 'xml'

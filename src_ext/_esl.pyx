@@ -2,11 +2,15 @@
 """Cython ESL frame parser (``fastswitch._esl``).
 
 Behaves exactly like the pure-Python twin ``fastswitch._pyesl`` (which documents the
-framing rules); this one scans with C pointers and indexes a plain event's header lines
-as offsets into the frame's bytes, decoding (URL-unquote + UTF-8) only the values read.
-The hot fields (Event-Name, Unique-ID, Job-UUID, ...) are located while indexing and
-cached once decoded. json / xml events are delegated to the twin's Event (they are
-decoded by orjson / xml.etree anyway).
+framing rules); this one scans with C pointers. A plain event is indexed in one pass over
+its header lines (esl_core.h: newlines found 64 bytes at a time) that records every line's
+start and locates the hot headers' values (Event-Name, Unique-ID, Job-UUID, timestamp,
+...); a value is decoded (URL-unquote + UTF-8, ASCII without '%' copied straight) only
+when read, and the hot ones are cached. json / xml events are delegated to the twin's
+Event (decoded by orjson / xml.etree anyway); their hot values are cached here too.
+
+Declarations: src_ext/fastswitch/_esl.pxd (this module's cdef classes) and
+src_ext/esl_core.pxd (the C-level core), found through ``include_path=["src_ext"]``.
 
 After :class:`~fastswitch.errors.ESLProtocolError` a :class:`Parser` is unusable (every
 ``feed`` raises the same error again) until :meth:`Parser.reset`.
@@ -88,6 +92,15 @@ cdef tuple _CTYPES = (
 cdef tuple _CTYPES_B = tuple(s.encode() for s in _CTYPES)
 
 
+# freed line-start arrays kept for the next events (saves a malloc / free pair per event);
+# only touched with the GIL held
+cdef enum:
+    _POOL = 16
+cdef uint32_t* _pool_ls[_POOL]
+cdef Py_ssize_t _pool_cap[_POOL]
+cdef int _npool = 0
+
+
 @cython.no_gc  # holds only bytes / str / int / its own objects: no cycles
 cdef class Event:
     """A decoded FreeSWITCH event: a read-only ``Mapping[str, str]`` of its headers.
@@ -110,9 +123,15 @@ cdef class Event:
             self._hv[i] = NULL
 
     def __dealloc__(self):
+        global _npool
         cdef int i
         if self._L.ls != NULL:
-            free(self._L.ls)
+            if _npool < _POOL and self._L.cap <= 4096:
+                _pool_ls[_npool] = self._L.ls
+                _pool_cap[_npool] = self._L.cap
+                _npool += 1
+            else:
+                free(self._L.ls)
         if self._hdone:
             for i in range(ESL_NHOT):
                 Py_XDECREF(self._hv[i])
@@ -123,7 +142,8 @@ cdef class Event:
     # -- plain internals -------------------------------------------------------------
     cdef int _index(self) except -1:
         """One pass over the plain header lines (esl_core.h): the hot headers' first
-        occurrences and where the lines end (the first blank line)."""
+        occurrences, every line's start and where the lines end (the first blank line)."""
+        global _npool
         cdef int i
         cdef Py_ssize_t size = self._be - self._bs
         cdef esl_lines* L = NULL
@@ -132,10 +152,15 @@ cdef class Event:
         for i in range(ESL_NHOT):
             self._vo[i] = -1
         if size < 0xFFFFFFFF:  # line starts are 32-bit offsets (else lookups use memmem)
-            self._L.cap = 64 + min(size // 32, 960)  # grows by doubling
-            self._L.ls = <uint32_t*>malloc(self._L.cap * sizeof(uint32_t))
-            if self._L.ls == NULL:
-                raise MemoryError()
+            if _npool:
+                _npool -= 1
+                self._L.ls = _pool_ls[_npool]
+                self._L.cap = _pool_cap[_npool]
+            else:
+                self._L.cap = 64 + min(size // 32, 960)  # grows by doubling
+                self._L.ls = <uint32_t*>malloc(self._L.cap * sizeof(uint32_t))
+                if self._L.ls == NULL:
+                    raise MemoryError()
             L = &self._L
         if esl_index(PyBytes_AS_STRING(self._raw), self._bs, self._be, self._vo, self._vl,
                      &self._t, &self._after, L) < 0:

@@ -1,10 +1,11 @@
 /* C core of the Cython ESL parser (declared in esl_core.pxd, used by _esl.pyx).
  *
- * No Python objects here except esl_ascii_str: a plain event's header lines are scanned
- * for '\n' 16 bytes at a time (SSE2 where available, memchr otherwise), the hot headers
- * are recognised by their first bytes and their values located in that single pass, and
- * other headers are found with one memmem for "\n<name>:" (the pure-Python twin's
- * bytes.find), so no per-line index is built.
+ * No Python objects here except esl_ascii_str. esl_index makes one pass over a plain
+ * event's header lines, finding '\n' 64 bytes at a time (SSE2; memchr elsewhere): it
+ * records every line's start (32-bit offsets), recognises the hot headers by their first
+ * bytes and locates their values, and stops at the blank line. Other headers are then
+ * looked up among the recorded line starts (esl_find_line); esl_find (one memmem for
+ * "\n<name>:", the pure-Python twin's bytes.find) serves events over 4 GiB.
  */
 #ifndef FASTSWITCH_ESL_CORE_H
 #define FASTSWITCH_ESL_CORE_H
