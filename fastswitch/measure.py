@@ -1320,6 +1320,11 @@ def report_html(run: Run, path: str | os.PathLike) -> Path:
             "<h2>Lost calls</h2>",
             _html_table(("reason", "calls"), sorted(s["lost_by_reason"].items())),
         ]
+    if s.get("unrecorded") or s.get("incidents"):
+        rows = sorted(s.get("incidents", {}).items())
+        if s.get("unrecorded"):
+            rows.append(("calls without a CDR row (crashed worker)", s["unrecorded"]))
+        parts += ["<h2>Incidents</h2>", _html_table(("incident", "times"), rows)]
     parts += ["<h2>Per app</h2>", _html_table(("app",) + _GROUP_HEADERS, _group_rows(s["per_app"]))]
     parts += [
         "<h2>Per slave</h2>",

@@ -282,7 +282,7 @@ def test_slave_killed_calls_lost_share_moves_and_it_resumes(slaves, victims, mak
 # --------------------------------------------------------------------------------------------
 
 
-def test_worker_sigkill_keeps_flushed_rows_and_counts_the_rest(slaves, make, caplog):
+def test_worker_sigkill_keeps_flushed_rows_and_counts_the_rest(slaves, make, caplog, tmp_path):
     """SIGKILL a worker: the parent notices within a second, the other slave goes on, the
     worker restarts; every batch flushed before the crash reads back, and the calls whose
     rows died with it are counted (parent log, settings.json, summary)."""
@@ -316,8 +316,11 @@ def test_worker_sigkill_keeps_flushed_rows_and_counts_the_rest(slaves, make, cap
     s = finish(o)
     assert s["unrecorded"] == crash["unrecorded"]
     assert s["incidents"]["worker_died"] == 1 and s["incidents"]["worker_restarted"] == 1
-    text = load_run(o.run_dir).format_summary()
+    run = load_run(o.run_dir)
+    text = run.format_summary()
     assert f"unrecorded (rows lost with a crashed worker): {crash['unrecorded']}" in text
+    page = run.report_html(tmp_path / "report.html").read_text()
+    assert "<h2>Incidents</h2>" in page and f"<td>{crash['unrecorded']}</td>" in page
 
 
 # --------------------------------------------------------------------------------------------
