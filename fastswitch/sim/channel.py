@@ -52,6 +52,14 @@ CAUSE_SIP = {
 # events that carry no variable_* headers (switch_channel_event_set_extended_data)
 NO_VARIABLES = frozenset({"CHANNEL_STATE", "CHANNEL_CALLSTATE", "CHANNEL_OUTGOING", "CODEC"})
 MILESTONES = ("created", "answered", "progress", "pmedia", "hangup")
+# variables every channel has (Leg.getvar)
+_BUILTIN_VARS = frozenset(
+    "uuid call_uuid direction channel_name destination_number hangup_cause "
+    "current_application answer_state context".split()
+)
+_T_KEYS = {m: "t_" + m for m in MILESTONES}
+_E_KEYS = {m: "e_" + m for m in MILESTONES}
+_S_KEYS = {m: "s_" + m for m in MILESTONES}
 DURATIONS = (
     "duration billsec progresssec answersec waitsec progress_mediasec flow_billsec "
     "mduration billmsec progressmsec answermsec waitmsec progress_mediamsec flow_billmsec "
@@ -156,21 +164,26 @@ class Leg:
             return
         app = self.values["app"] if name.startswith("CHANNEL_EXECUTE") else variant
         t = self.t
+        h = self.history
         if name in NO_VARIABLES or name.startswith("CUSTOM::"):
             # events without channel variables: only the Caller-* times tell the history
             ans = (
                 ("1" if t["answered"] else "0")
                 + ("e" if t["pmedia"] else "")
-                + ("n" if "n" in self.history else "")
+                + ("n" if "n" in h else "")
                 + ("r" if t["progress"] else "")
             )
         else:
-            h = self.history
+            if not msg:
+                for a in self.apps:
+                    if a[3]:
+                        msg = True
+                        break
             ans = (
                 ("1" if t["answered"] else "0")
                 + ("b" if "b" in h else "")
                 + ("e" if t["pmedia"] else "")
-                + ("m" if msg or any(a[3] for a in self.apps) else "")
+                + ("m" if msg else "")
                 + ("n" if "n" in h else "")
                 + ("p" if "p" in h else "")
                 + ("r" if t["progress"] else "")
@@ -187,33 +200,52 @@ class Leg:
         """Set one slot value (encoded once, here)."""
         self.enc.set(key, value)
 
+    # the setters below are Encoded.set_plain inlined (they run ~80 times per call)
     def set_state(self, cs: str, fire: bool = True) -> None:
         self.cs = cs
-        self.enc.set_plain("cs", cs)
+        enc = self.enc
+        enc.raw["cs"] = cs
+        enc.url["cs"] = enc.json["cs"] = cs.encode()
         if fire:
             self.fire("CHANNEL_STATE")
 
     def set_callstate(self, callstate: str) -> None:
         enc = self.enc
-        enc.set_plain("prev_callstate", self.callstate)
+        raw, url, js = enc.raw, enc.url, enc.json
+        prev = self.callstate
+        raw["prev_callstate"] = prev
+        url["prev_callstate"] = js["prev_callstate"] = prev.encode()
         self.callstate = callstate
-        enc.set_plain("callstate", callstate)
-        enc.set_plain("callstate_num", CALLSTATE_NUM[callstate])
+        raw["callstate"] = callstate
+        url["callstate"] = js["callstate"] = callstate.encode()
+        num = CALLSTATE_NUM[callstate]
+        raw["callstate_num"] = num
+        url["callstate_num"] = js["callstate_num"] = num.encode()
         self.fire("CHANNEL_CALLSTATE")
 
     def set_answer(self, state: str) -> None:
         self.answer = state
-        self.enc.set_plain("answer", state)
+        enc = self.enc
+        enc.raw["answer"] = state
+        enc.url["answer"] = enc.json["answer"] = state.encode()
 
     def mark(self, milestone: str) -> None:
-        if self.t[milestone]:
+        t = self.t
+        if t[milestone]:
             return
-        us = self.core.now_us
-        self.t[milestone] = us
+        core = self.core
+        us = t[milestone] = core.now_us
         enc = self.enc
-        enc.set_plain("t_" + milestone, str(us))
-        enc.set_plain("e_" + milestone, str(us // 1_000_000))
-        enc.set("s_" + milestone, self.core.stamp(us))
+        raw, url, js = enc.raw, enc.url, enc.json
+        k = _T_KEYS[milestone]
+        v = str(us)
+        raw[k] = v
+        url[k] = js[k] = v.encode()
+        k = _E_KEYS[milestone]
+        v = str(us // 1_000_000)
+        raw[k] = v
+        url[k] = js[k] = v.encode()
+        enc.set(_S_KEYS[milestone], core.stamp(us))
 
     def setvar(self, name: str, value: str | None) -> None:
         if value is None or value == "":
@@ -226,7 +258,7 @@ class Leg:
 
     def getvar(self, name: str) -> str | None:
         v = self.chanvars.get(name)
-        if v is not None:
+        if v is not None or name not in _BUILTIN_VARS:
             return v
         builtin = {
             "uuid": self.uuid,
@@ -257,9 +289,16 @@ class Leg:
         if entry is None:
             entry = self.apps[-1] if self.apps else ("", "", "", False)
         enc = self.enc
-        enc.set_plain("app", entry[0])
-        enc.set("app_data", entry[1])
-        enc.set_plain("app_uuid", entry[2])
+        raw, url, js = enc.raw, enc.url, enc.json
+        app, data, app_uuid = entry[0], entry[1], entry[2]
+        raw["app"] = app
+        url["app"] = js["app"] = app.encode()
+        raw["app_uuid"] = app_uuid
+        url["app_uuid"] = js["app_uuid"] = app_uuid.encode()
+        if raw.get("app_data") != data:
+            raw["app_data"] = data
+            url.pop("app_data", None)
+            js.pop("app_data", None)
 
     def execute(
         self,
