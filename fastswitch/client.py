@@ -92,6 +92,10 @@ def make_uuid_factory() -> Callable[[], str]:
 uuid_str_factory = make_uuid_factory()
 
 
+#: The body of FreeSWITCH's notice when it drops a slow listener (mod_event_socket).
+_LOST_EVENTS = b"killed listener because of lost events"
+
+
 def _reply_text(frame: Frame) -> str:
     if frame.content_type == "api/response":
         return frame.body.decode("utf-8", "replace")
@@ -113,6 +117,7 @@ class ESLProtocol(asyncio.Protocol):
         self.closed: asyncio.Future = loop.create_future()
         self.disconnect_notice: str | None = None
         self.error: ESLError | None = None
+        self._prev = self._last = b""  # the last two reads
         self.paused = False
 
     # -- asyncio.Protocol ------------------------------------------------------------------
@@ -120,6 +125,7 @@ class ESLProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        self._prev, self._last = self._last, data  # for _notice_in_stream
         try:
             frames = self.parser.feed(data)
         except ESLProtocolError as exc:
@@ -154,7 +160,31 @@ class ESLProtocol(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         return None  # close the transport
 
+    def _notice_in_stream(self) -> str:
+        """FreeSWITCH writes its 'killed listener because of lost events' notice from
+        another thread than the one writing events, so it can land inside an event frame
+        (research §6.1), where the parser cannot see it as a frame: look for it in the last
+        bytes read, so that the reason is not lost with the frame."""
+        tail = self._prev[-len(_LOST_EVENTS) :] + self._last
+        return _LOST_EVENTS.decode() if _LOST_EVENTS in tail else ""
+
     def connection_lost(self, exc: Exception | None) -> None:
+        hidden = "" if self.disconnect_notice else self._notice_in_stream()
+        if hidden:
+            note = f" (FreeSWITCH: {hidden})"
+            if self.error is not None and note not in str(self.error):
+                if isinstance(self.error, ESLProtocolError):
+                    base = str(self.error)
+                    suffix = f" (at byte offset {self.error.offset})"
+                    if base.endswith(suffix):
+                        base = base[: -len(suffix)]
+                    err: ESLError = ESLProtocolError(base + note, self.error.offset)
+                else:
+                    err = type(self.error)(str(self.error) + note)
+                err.__cause__ = self.error.__cause__
+                self.error = err
+            elif self.error is None:
+                self.disconnect_notice = hidden
         if self.error is not None:
             cause: ESLError = self.error
         else:

@@ -31,7 +31,7 @@ from fastswitch.errors import (
 )
 
 sys.path.insert(0, str(Path(__file__).parent))
-from replay_server import ScriptServer, api_response, reply  # noqa: E402
+from replay_server import CLOSE, ScriptServer, api_response, reply  # noqa: E402
 
 try:
     from fastswitch import _esl
@@ -263,3 +263,51 @@ def test_unexpected_content_type_is_a_clear_error_and_nothing_else_breaks(caplog
     assert len([m for m in errors if "text/x-surprise" in m]) == 1, errors
     assert "unexpected ESL frame" in errors[0] and "127.0.0.1:" in errors[0]
     assert any("unexpected reply '+OK stray'" in r.getMessage() for r in caplog.records)
+
+
+NOTICE = (
+    b"Content-Type: text/disconnect-notice\nContent-Length: 39\n\n"
+    b"killed listener because of lost events\n"
+)
+EVENT_HEAD = b"Content-Length: 400\nContent-Type: text/event-plain\n\n"
+
+
+@pytest.mark.parametrize(
+    "stream",
+    [
+        NOTICE,  # on its own, as a frame
+        EVENT_HEAD + b"Event-Name: CHANNEL_CREATE\n" + NOTICE,  # inside an event's body
+        b"Content-Length: 400\nContent-Ty" + NOTICE,  # inside an event's header block
+    ],
+    ids=["frame", "in-body", "in-headers"],
+)
+def test_lost_events_notice_is_reported_wherever_it_lands(caplog, stream):
+    """FreeSWITCH's 'killed listener because of lost events' notice is written by another
+    thread than the events and can land inside an event frame (research §6.1). Wherever
+    it lands, the connection's error names it, so the worker counts and reports a killed
+    listener."""
+    causes: list[BaseException] = []
+
+    def respond(i: int, cmd: bytes):
+        text = cmd.decode()
+        if text.startswith("auth"):
+            return reply("+OK accepted")
+        if text.startswith("api "):
+            return [stream, CLOSE]
+        return reply("+OK")
+
+    async def main() -> None:
+        async with ScriptServer(respond) as srv:
+            client = Client("127.0.0.1", srv.port, reconnect=False)
+            client.disconnect_hooks.append(lambda c, cause, lost: causes.append(cause))
+            await client.connect(timeout=5)
+            try:
+                async with asyncio.timeout(5):
+                    with pytest.raises((ConnectionLost, ESLProtocolError)) as ei:
+                        await client.api("status")
+                assert "killed listener because of lost events" in str(ei.value)
+            finally:
+                await client.close()
+
+    asyncio.run(main())
+    assert len(causes) == 1 and "killed listener because of lost events" in str(causes[0])
