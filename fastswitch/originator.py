@@ -1252,7 +1252,17 @@ def get_originator(
     share until it recovers, 5x that and it is killed; a worker that dies is seen at the
     next monitor tick, 0.1 s), ``event_format`` ('plain' or 'json'), ``client_options``
     (extra :class:`~fastswitch.client.Client` keywords), ``log_level``,
-    ``log_max_per_sec`` (worker log records per second per logger and level, 50).
+    ``log_max_per_sec`` (worker log records per second per logger and level, 50),
+    ``shed_after`` (1 s: a worker that gets no event for that long after an originate
+    stops offering on its slave until events flow again) and ``shed_lag`` (2 s: the same
+    when events arrive that late), 0 turns either off.
+
+    Faults are reported, never hidden: the parent logs a slave going down or up, a worker
+    dying (with the calls whose CDR rows died with it), a worker shedding load, FreeSWITCH
+    killing a listener for lost events, throttling and rejected originate commands, and
+    records each in settings.json (``incidents``; ``totals`` at shutdown), where the
+    report finds them. A SIGTERM to a script that left it at its default stops the script
+    through the normal exit path, so the run is shut down cleanly.
 
     Every worker connects before this returns: :class:`ConnectError` /
     :class:`AuthenticationError` name the slave that cannot be used (and nothing is
