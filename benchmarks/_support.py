@@ -222,8 +222,15 @@ class EngineRig:
     Use as a context manager; every process it started is stopped on exit.
     """
 
-    def __init__(self, slaves: int = 1, hold_s: float = 1.0, run_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        slaves: int = 1,
+        hold_s: float = 1.0,
+        run_dir: str | None = None,
+        sim_settings: dict[str, Any] | None = None,
+    ) -> None:
         self.n = slaves
+        self.sim_settings = dict(sim_settings or {})
         self.hold_s = hold_s
         self.run_dir = run_dir or tempfile.mkdtemp(prefix="fastswitch-bench-")
         self.servers: list[Any] = []
@@ -241,14 +248,9 @@ class EngineRig:
         logging.getLogger("fastswitch").setLevel(logging.WARNING)
         try:
             for i in range(self.n):
-                cfg = SimConfig(
-                    port=0,
-                    sip_port=0,
-                    heartbeat_interval=0.0,
-                    sps=1_000_000,
-                    max_sessions=1_000_000,
-                    seed=100 + i,
-                )
+                kw: dict[str, Any] = {"sps": 1_000_000, "max_sessions": 1_000_000}
+                kw.update(self.sim_settings)
+                cfg = SimConfig(port=0, sip_port=0, heartbeat_interval=0.0, seed=100 + i, **kw)
                 srv = SimServer(cfg)
                 srv.start()
                 self.servers.append(srv)

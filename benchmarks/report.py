@@ -79,6 +79,8 @@ def engine_section(path: Path, d: dict[str, Any]) -> list[str]:
     tus = t.get("worker_us_per_call", 300)
     tb = t.get("bytes_per_active_call", 4096)
     out = ["### Engine (Originator → simulated slaves)", "", _machine(d, path), ""]
+    if d.get("rate_search_from"):
+        out += [f"(rate search from `{d['rate_search_from']}`, same mode)", ""]
     rs = d.get("rate_search", {})
     if rs:
         out += [
@@ -88,9 +90,11 @@ def engine_section(path: Path, d: dict[str, Any]) -> list[str]:
         for k in sorted(rs, key=int):
             r = rs[k]
             ok = [x for x in r["trials"] if x.get("sustained")]
-            r["worker_marginal_us_per_call"] = 1e6 * _slope(
+            m = 1e6 * _slope(
                 [x["achieved"] for x in ok], [x["cpu_s"]["worker"] / x["window_s"] for x in ok]
             )
+            # a slope <= 0 means the noise is larger than the effect: not a cost
+            r["worker_marginal_us_per_call"] = m if m > 0 else math.nan
             out.append(
                 f"| {k} | {_num(r['best_rate'])} | {_num(r['best_rate_per_worker'])} | "
                 f"{_num(r['worker_us_per_call'])} / {_num(r.get('worker_net_us_per_call'))} / "
@@ -198,14 +202,15 @@ def peers_section(path: Path, d: dict[str, Any]) -> list[str]:
         out.append(f"switchio unavailable: {d.get('reason', '?')}")
         return out
     out += [
-        "| originator | top sustained rate (calls/s) | worker/process µs/call | sim µs/call | trials |",
+        "| originator | top sustained rate (calls/s) | µs/call (switchio: its process; fastswitch: worker + parent) | sim µs/call | trials |",
         "|---|---:|---:|---:|---:|",
     ]
     for name in ("fastswitch", "switchio"):
         x = d.get(name)
         if x:
+            ge = "≥ " if x.get("lower_bound") else ""
             out.append(
-                f"| {name} | {_num(x['best_rate'])} | {_num(x['us_per_call'])} | "
+                f"| {name} | {ge}{_num(x['best_rate'])} | {_num(x['us_per_call'])} | "
                 f"{_num(x['sim_us_per_call'])} | {len(x['trials'])} |"
             )
     if d.get("ratio"):
