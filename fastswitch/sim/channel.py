@@ -136,20 +136,30 @@ class Leg:
         self.created_wall = core.loop.time()
         core.session_counter += 1
         enc = self.enc = core.leg_defaults.copy()
-        enc.set_plain("uuid", uuid)
-        enc.set("chan_name", chan_name)
-        enc.set("dest", dest)
-        enc.set("requri", requri)
-        enc.set_plain("session_id", str(core.session_counter))
         created = self.t["created"]
-        enc.set_plain("t_created", str(created))
-        enc.set_plain("e_created", str(created // 1_000_000))
-        enc.set("s_created", core.stamp(created))
-        self.values = self.enc.raw  # raw slot values (filters, uuid_dump)
+        # the leg's own values, set at once (the defaults' encodings are copied as is;
+        # values that may need escaping are encoded when an event first shows them)
+        plain = {
+            "uuid": uuid,
+            "session_id": str(core.session_counter),
+            "t_created": str(created),
+            "e_created": str(created // 1_000_000),
+        }
+        raw = enc.raw
+        raw.update(plain)
+        raw.update(chan_name=chan_name, dest=dest, requri=requri, s_created=core.stamp(created))
+        plain_b = {k: v.encode() for k, v in plain.items()}
+        url, js = enc.url, enc.json
+        url.update(plain_b)
+        js.update(plain_b)
+        for k in ("chan_name", "dest", "requri", "s_created"):  # not in the defaults' keys
+            url.pop(k, None)
+            js.pop(k, None)
+        self.values = raw  # raw slot values (filters, uuid_dump)
         self.blockname = "VARS" if role == "A" else "XHDRS"
-        self.enc.set_block(self.blockname, self.block)
-        self.enc.set_block("XHDRS" if role == "A" else "VARS", [])
-        self.enc.set_lazy(self._lazy_value)
+        enc.set_block(self.blockname, self.block)
+        enc.set_block("XHDRS" if role == "A" else "VARS", [])
+        enc.set_lazy(self._lazy_value)
         core.legs[uuid] = self
 
     # -- rendering -----------------------------------------------------------------------

@@ -128,9 +128,8 @@ class _Encodings(dict):  # type: ignore[type-arg]
                     raise KeyError(key)
                 more = self.lazy(key)  # a group of values (e.g. all durations) at once
                 self.raw.update(more)
-                enc = self.encode
-                for k, mv in more.items():
-                    self[k] = enc(mv)
+                for k, mv in more.items():  # digits: the same in every encoding
+                    self[k] = mv.encode()
                 return self[key]
             b = self.encode(v)
         self[key] = b
@@ -164,7 +163,8 @@ class Encoded:
 
     def set_lazy(self, fn: Callable[[str], dict[str, str]] | None) -> None:
         """``fn(key)`` supplies values never set (a dict that includes ``key``, possibly
-        with related ones), when an event first shows them."""
+        with related ones), when an event first shows them; the values must need no
+        encoding (digits)."""
         self.url.lazy = self.json.lazy = fn
 
     def set(self, key: str, value: str) -> None:
