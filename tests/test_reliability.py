@@ -162,11 +162,9 @@ def kill_sim(server: SimServer) -> SimServer:
 
 @pytest.fixture
 def make(tmp_path):
-    """Build Originators that are always shut down; afterwards no worker process and no
-    control block of theirs is left."""
+    """Build Originators that are always shut down; afterwards none of their worker
+    processes (every pid seen, restarts included) and no control block of theirs is left."""
     made = []
-    me = psutil.Process()
-    before = {p.pid for p in me.children(recursive=True)}
 
     def build(contacts, **kw):
         kw.setdefault("run_dir", tmp_path / f"run{len(made)}")
@@ -176,32 +174,27 @@ def make(tmp_path):
 
     yield build
     for o in made:
+        track_pids(o)
         o.shutdown()
         assert not o.is_alive()
+        orphans = [pid for pid in o._test_pids if running(pid)]
+        assert not orphans, orphans
     assert not our_blocks()
-    left = [
-        p
-        for p in me.children(recursive=True)
-        if p.pid not in before
-        and p.is_running()
-        and p.status() != psutil.STATUS_ZOMBIE
-        and "fastswitch-sim" not in " ".join(p.cmdline())
-        and "resource_tracker" not in " ".join(p.cmdline())
-    ]
-    # a simulator started by the test is a child too: only workers count as orphans
-    workers = [p for p in left if any(p.pid == w for o in made for w in _worker_pids(o))]
-    assert not workers, workers
 
 
-def _worker_pids(o) -> list[int]:
-    return list(getattr(o, "_test_pids", []))
+def running(pid: int) -> bool:
+    """True while process ``pid`` exists and is not a zombie."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def track_pids(o) -> None:
     """Remember the current worker pids of ``o`` (checked for orphans at the end)."""
     pids = getattr(o, "_test_pids", set())
     for h in o.pool.clients:
-        if h.process is not None and h.process.pid:
+        if h.process is not None and h.process.pid is not None:
             pids.add(h.process.pid)
     o._test_pids = pids
 
@@ -633,8 +626,7 @@ def test_script_interrupted_or_raising_stops_cleanly(slaves, tmp_path, mode):
     assert proc.returncode != 0  # interrupted / failed, but by its own exit path
     if mode == "raise":
         assert "the user's script failed" in err
-    for pid in workers:
-        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert not [pid for pid in workers if running(pid)]
     assert our_blocks(proc.pid) == set()
     assert api(s0.address, "show channels count").strip() == "0 total."
     s = check_run(run_dir)
