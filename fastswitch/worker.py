@@ -443,7 +443,9 @@ class Worker:
                     self._first_offer_rx = wall  # the first offer since the latest event
                 self._last_offer_rx = wall
                 # at once, not at the next heartbeat: a crash right after must not hide
-                # offers from the parent's count of calls without a CDR row
+                # offers from the parent's count of calls without a CDR row, and a parent
+                # that sees them offered (max_sessions reached) must see them active too
+                d[b + C.W_ACTIVE] = self.active
                 d[b + C.W_ORIGINATED] = self.originated
             if sent < due:
                 # held back by limit / max_sessions (or an error): nothing is owed later;
