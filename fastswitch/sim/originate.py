@@ -24,6 +24,10 @@ if TYPE_CHECKING:
     from .core import Core
 
 
+_SOFIA_RE = re.compile(r"sofia/([^/]+)/(.*)$")
+_APP_RE = re.compile(r"&([^(\s]+)(?:\(([^)]*)\)?)?")
+
+
 def split_args(text: str) -> list[str]:
     """Split on spaces honouring single quotes and backslash escapes (switch_separate_string)."""
     if "'" not in text and "\\" not in text:
@@ -144,7 +148,7 @@ def parse_originate(arg: str) -> Dial:
         else url.split("|")[0].split(",")[0]
     )
     d.endpoint = url
-    m = re.match(r"sofia/([^/]+)/(.*)$", url)
+    m = _SOFIA_RE.match(url)
     if m:
         d.profile = m.group(1)
         rest = m.group(2)
@@ -167,7 +171,7 @@ def parse_originate(arg: str) -> Dial:
                 d.fs_path = unquote(mm.group(1))
     target = args[1]
     if target.startswith("&"):
-        mm = re.match(r"&([^(\s]+)(?:\(([^)]*)\)?)?", target)
+        mm = _APP_RE.match(target)
         if mm:
             d.app = mm.group(1)
             d.app_arg = mm.group(2) or ""
