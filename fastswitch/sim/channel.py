@@ -66,6 +66,7 @@ DURATIONS = (
     "uduration billusec progressusec answerusec waitusec progress_mediausec flow_billusec"
 ).split()
 # apps that keep running until the channel hangs up (or are interrupted)
+_UNKNOWN = object()
 STAYING_APPS = frozenset({"park", "bert_test", "echo", "endless_playback", "conference"})
 
 
@@ -175,6 +176,44 @@ class Leg:
         app = self.values["app"] if name.startswith("CHANNEL_EXECUTE") else variant
         t = self.t
         h = self.history
+        if not msg:
+            for a in self.apps:
+                if a[3]:
+                    msg = True
+                    break
+        # the template for this state: looked up by the state's parts, the text key is
+        # only built the first time a state is seen
+        state = (
+            self.role,
+            name,
+            self.cs,
+            self.callstate,
+            self.answer,
+            app,
+            self.cause,
+            not t["answered"],
+            not t["pmedia"],
+            not t["progress"],
+            h,
+            msg,
+            nested,
+            self.values["disposition"],
+            self.reason,
+        )
+        by_state = core.tpl_by_state
+        tpl = by_state.get(state, _UNKNOWN)
+        if tpl is _UNKNOWN:
+            tpl = self._find_template(name, app, nested, msg)
+            if len(by_state) > 10_000:
+                by_state.clear()
+            by_state[state] = tpl
+        core.seq += 1
+        if tpl is not None:
+            core.emit_template(tpl, self.enc, targets)
+
+    def _find_template(self, name: str, app: str, nested: bool, msg: bool) -> Any:
+        t = self.t
+        h = self.history
         if name in NO_VARIABLES or name.startswith("CUSTOM::"):
             # events without channel variables: only the Caller-* times tell the history
             ans = (
@@ -184,11 +223,6 @@ class Leg:
                 + ("r" if t["progress"] else "")
             )
         else:
-            if not msg:
-                for a in self.apps:
-                    if a[3]:
-                        msg = True
-                        break
             ans = (
                 ("1" if t["answered"] else "0")
                 + ("b" if "b" in h else "")
@@ -204,7 +238,7 @@ class Leg:
             disp = self.values["disposition"] + ("+reason" if self.reason else "")
             n = "+" if nested else ""
             key = f"{self.role}|{name}|{self.cs}|{self.callstate}|{self.answer}|{app}|{self.cause}|{ans}|{disp}|{n}"
-        core.emit(key, name, self.enc, targets=targets)
+        return self.core.store.find(key)
 
     def set(self, key: str, value: str) -> None:
         """Set one slot value (encoded once, here)."""

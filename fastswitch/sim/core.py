@@ -124,6 +124,8 @@ class Core:
         self.sip: Any = None  # siplink.SipLink, set by the server
         self.session_counter = 1
         self._timers: list[asyncio.TimerHandle] = []
+        # a leg's template by the parts of its state (see Leg.fire)
+        self.tpl_by_state: dict[tuple[Any, ...], templates.Template | None] = {}
         self.tick()
         self.leg_defaults = self._leg_defaults()
         self._refill_handle = loop.call_later(1.0, self._refill)
@@ -269,31 +271,51 @@ class Core:
         """
         if seq is None:
             self.seq += 1
-            seq = self.seq
             if targets is None:
                 targets = self._wanted.get(name)
                 if targets is None:
                     targets = self.targets(name)
             if not targets:
                 return
-            if enc.tick != self.tick_no:  # time slots change once per 20 ms tick
-                enc.tick = self.tick_no
-                enc.url.update(self.time_url)
-                enc.json.update(self.time_json)
-        else:
-            targets = self.targets(name)
-            if not targets:
-                return
+            tpl = self.store.find(key)
+            if tpl is not None:
+                self.emit_template(tpl, enc, targets)
+            return
+        targets = self.targets(name)
+        if not targets:
+            return
         tpl = self.store.find(key)
         if tpl is None:
             return
         enc.url["seq"] = enc.json["seq"] = b"%d" % seq
+        self._deliver(tpl, enc, seq, targets)
+
+    def emit_template(
+        self, tpl: templates.Template, enc: templates.Encoded, targets: list[EventSink]
+    ) -> None:
+        """Deliver an event created now (its sequence number, ``self.seq``, already taken)
+        from its template to ``targets`` (the subscribed listeners, not empty)."""
+        if enc.tick != self.tick_no:  # time slots change once per 20 ms tick
+            enc.tick = self.tick_no
+            enc.url.update(self.time_url)
+            enc.json.update(self.time_json)
+        url = enc.url
+        url["seq"] = enc.json["seq"] = b"%d" % self.seq
         if len(targets) == 1 and not targets[0].filtering:  # the common case
             lst = targets[0]
             fmt = lst.fmt
-            ev = tpl.render(fmt, enc.json if fmt == "json" else enc.url)
+            c = tpl.compiled.get(fmt) or tpl.compile(fmt)  # Template.render, inlined
+            parts = c.parts
+            parts[1::2] = c.args(enc.json if fmt == "json" else url)
+            ev = b"".join(parts)
             lst.deliver(HEAD[fmt] % len(ev) + ev)
             return
+        self._deliver(tpl, enc, self.seq, targets)
+
+    def _deliver(
+        self, tpl: templates.Template, enc: templates.Encoded, seq: int, targets: list[EventSink]
+    ) -> None:
+        """Render and deliver to each listener whose filters pass (once per format)."""
         rendered: dict[str, bytes] = {}
         hdrs = None
         for lst in targets:
