@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .config import Q850, SIP_CAUSES
+from .templates import enc_url
 
 if TYPE_CHECKING:
     from .core import Core
@@ -153,8 +154,8 @@ class Leg:
         url, js = enc.url, enc.json
         url.update(plain_b)
         js.update(plain_b)
-        for k in ("chan_name", "dest", "requri", "s_created"):  # not in the defaults' keys
-            url.pop(k, None)
+        for k in ("chan_name", "dest", "requri", "s_created"):  # every event shows these
+            url[k] = enc_url(raw[k])
             js.pop(k, None)
         self.values = raw  # raw slot values (filters, uuid_dump)
         self.blockname = "VARS" if role == "A" else "XHDRS"
@@ -289,7 +290,10 @@ class Leg:
         v = str(us // 1_000_000)
         raw[k] = v
         url[k] = js[k] = v.encode()
-        enc.set(_S_KEYS[milestone], core.stamp(us))
+        k = _S_KEYS[milestone]
+        v = raw[k] = core.stamp(us)
+        url[k] = enc_url(v)
+        js.pop(k, None)
 
     def setvar(self, name: str, value: str | None) -> None:
         if value is None or value == "":
@@ -545,7 +549,7 @@ class Leg:
     ) -> None:
         core = self.core
         cause = self.cause
-        if any(a[0] == "park" for a in self.apps) and core.targets("CHANNEL_UNPARK"):
+        if core.targets("CHANNEL_UNPARK") and any(a[0] == "park" for a in self.apps):
             self.fire("CHANNEL_UNPARK")
         while self.apps:
             entry = self.apps.pop()
