@@ -305,10 +305,11 @@ class Core:
             lst = targets[0]
             fmt = lst.fmt
             c = tpl.compiled.get(fmt) or tpl.compile(fmt)  # Template.render, inlined
-            parts = c.parts
-            parts[1::2] = c.args(enc.json if fmt == "json" else url)
-            ev = b"".join(parts)
-            lst.deliver(HEAD[fmt] % len(ev) + ev)
+            values = c.args(enc.json if fmt == "json" else url)
+            frame = c.frame  # the frame head, then the event: one join
+            frame[2::2] = values
+            frame[0] = HEAD[fmt] % (c.size + sum(map(len, values)))
+            lst.deliver(b"".join(frame))
             return
         self._deliver(tpl, enc, self.seq, targets)
 
