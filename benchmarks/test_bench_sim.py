@@ -9,7 +9,10 @@ answer + park on the inbound leg), waits for both legs to park, hangs them up wi
 
 * ``calls_per_s`` / ``events_per_s`` / ``mb_per_s``: wall clock, client on the same box;
 * ``calls_per_cpu_s``: calls per CPU-second of the simulator process (psutil), i.e. what
-  one core sustains, the figure that does not depend on what else runs on the machine.
+  one core sustains, the figure that does not depend on what else runs on the machine
+  (target: well above 2,000, so that the simulator never limits an engine benchmark).
+
+Each figure is the median round (3 rounds; 2,000 calls each with ``--quick``).
 
 ``test_render_events_per_s`` times event rendering alone (in process, no sockets).
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import statistics
 import time
 import uuid
 from collections.abc import Iterator
@@ -148,13 +152,11 @@ def test_looped_back_calls_per_s(benchmark, server: SimServer, request) -> None:
     quick = request.config.getoption("--quick", default=False)
     calls = 2000 if quick else 10000
     results: list[dict[str, float]] = []
-    benchmark.pedantic(
-        lambda: results.append(run_calls(server, calls)), rounds=1 if quick else 3, iterations=1
-    )
-    best = max(results, key=lambda r: r["calls_per_cpu_s"])
-    benchmark.extra_info.update({k: round(v, 1) for k, v in best.items()})
-    assert best["events_per_call"] == pytest.approx(9, abs=0.01)
-    assert 2000 < best["avg_event_bytes"] < 9000
+    benchmark.pedantic(lambda: results.append(run_calls(server, calls)), rounds=3, iterations=1)
+    median = {k: statistics.median(r[k] for r in results) for k in results[0]}
+    benchmark.extra_info.update({k: round(v, 1) for k, v in median.items()})
+    assert median["events_per_call"] == pytest.approx(9, abs=0.01)
+    assert 2000 < median["avg_event_bytes"] < 9000
 
 
 def test_render_events_per_s(benchmark, request) -> None:  # type: ignore[no-untyped-def]
