@@ -151,11 +151,13 @@ class ESLProtocol(asyncio.Protocol):
             except Exception:
                 log.exception("%s: error while handling %r", self.addr, frame)
         if last_event is not None:
-            # how far behind FreeSWITCH the event stream runs (once per read, not per event)
-            client.last_event_rx = now
+            # how far behind FreeSWITCH the event stream runs (once per read, not per
+            # event), counted when this read is handled: a slow consumer's own lag counts
+            done = _time()
+            client.last_event_rx = done
             ts = last_event.timestamp
             if ts:
-                client.event_delay = now - ts * 1e-6
+                client.event_delay = done - ts * 1e-6
 
     def eof_received(self) -> bool | None:
         return None  # close the transport

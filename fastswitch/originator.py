@@ -661,11 +661,13 @@ class Originator:
                     self.log.warning(
                         "%s:%d is at capacity; moving part of its share", h.host, h.port
                     )
+                    self._incident("at_capacity", slave=f"{h.host}:{h.port}")
             elif n >= _CAPACITY_TICKS:
                 n -= 1
                 if n < _CAPACITY_TICKS:
                     n = 0
                     self.log.info("%s:%d keeps up again", h.host, h.port)
+                    self._incident("keeps_up", slave=f"{h.host}:{h.port}")
             else:
                 n = 0
             self._capacity[i] = n

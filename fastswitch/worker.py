@@ -147,6 +147,7 @@ class Worker:
         self._first_offer_rx = 0.0  # time.time() of the first originate since the last event
         self._delay_min = math.inf  # smallest event delay seen (clock offset + wire)
         self._connected_at = 0.0
+        self._calm_since = 0.0
         self._bad_run = 0  # consecutive originates rejected as a bad command
         self._terminating = False
         self.bad_cmd: str | None = None  # why the command was rejected, once it was
@@ -573,7 +574,10 @@ class Worker:
         - lagging: the latest event's delay (receive time - Event-Date-Timestamp) exceeds
           the smallest delay seen on this connection by more than ``shed_lag`` s.
 
-        Offering resumes once events flow again with the delay back under half the lag.
+        Offering resumes once events have flowed for a second with the delay under half
+        ``shed_lag`` (or none was owed). A worker whose own loop is too slow also falls
+        behind its originate clock, skips that backlog and is reported at capacity by the
+        parent (which moves part of its share): offers follow what it can handle.
         """
         client = self.client
         if not client.connected:
@@ -603,14 +607,23 @@ class Worker:
                     else f"events arrive {lag:.1f}s late"
                 )
                 self._set_shedding(True, why)
-        elif rx > self._shed_at and not lagging and lag < max(self.shed_lag, 0.2) / 2:
-            self._set_shedding(False, f"events flow again ({lag:.1f}s behind)")
+        else:
+            # hysteresis: events must have flowed on time (or not been owed at all) for a
+            # whole second before offering resumes, so one quick read does not end it
+            calm = rx > self._shed_at and not lagging and lag < max(self.shed_lag, 0.2) / 2
+            if not calm:
+                self._calm_since = 0.0
+            elif not self._calm_since:
+                self._calm_since = now
+            elif now - self._calm_since >= 1.0:
+                self._set_shedding(False, f"events flow again ({lag:.1f}s behind)")
 
     def _set_shedding(self, on: bool, why: str) -> None:
         if on == self.shedding:
             return
         self.shedding = on
         d, b = self.d, self.b
+        self._calm_since = 0.0
         if on:
             self.sheds += 1
             self._shed_at = time.time()

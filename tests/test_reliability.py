@@ -400,6 +400,54 @@ def test_stalled_event_stream_sheds_before_the_queue_overflows(slaves, make, cap
     assert s["lost"] == 0
 
 
+class SlowApp:
+    """Parks calls, but spends 10 ms of the worker's loop on every parked leg (a slow
+    consumer: the worker keeps up with about 50 cps, not 80)."""
+
+    @event_callback("CHANNEL_PARK")
+    def on_park(self, sess):
+        time.sleep(0.01)
+
+
+def test_worker_that_cannot_keep_up_sheds_and_memory_stays_bounded(slaves, make, caplog):
+    """A worker whose own loop cannot keep up (app callbacks too slow for the rate) sheds
+    work: it skips the originates it cannot make, the parent reports it at capacity and
+    moves part of its share to the other slave; FreeSWITCH's event queue never overflows
+    (no listener killed, no disconnect) and the worker's memory stays bounded."""
+    caplog.set_level(logging.INFO, logger="fastswitch")
+    s0 = slaves[0]
+    api(s0.address, "sim event_queue_limit 20000")
+    api(s0.address, "sim max_missed 50")
+    try:
+        o = make([s.address for s in slaves], rate=160, limit=5000, duration=30, shed_lag=1.0)
+        o.pool.clients[0].set_orig_cmd(dest(s0))
+        o.pool.clients[1].set_orig_cmd(dest(slaves[1]))
+        o.load_app(SlowApp)
+        track_pids(o)
+        rss0 = psutil.Process(o.pool.clients[0].process.pid).memory_info().rss
+        o.start()
+        assert wait_for(
+            lambda: any(
+                slave(s0) in m and ("is at capacity" in m or "sheds load" in m)
+                for m in caplog.messages
+            ),
+            20,
+        )
+        # its share moved: the slow worker's rate share is below the other's
+        assert wait_for(lambda: o.slave_stats()[0]["rate"] < o.slave_stats()[1]["rate"], 5)
+        assert o.rate == 160  # the cluster rate itself is untouched
+        time.sleep(2)
+        rss = psutil.Process(o.pool.clients[0].process.pid).memory_info().rss
+        assert rss - rss0 < 100 * 2**20, (rss0, rss)
+        assert o._cb.get(0, C.W_KILLED) == 0 and o._cb.get(0, C.W_DISCONNECTS) == 0
+        s = finish(o)
+    finally:
+        api(s0.address, "sim event_queue_limit 100000")
+        api(s0.address, "sim max_missed 500")
+    assert s["incidents"].get("at_capacity", 0) + s["incidents"].get("shedding", 0) >= 1
+    assert s["lost"] == 0
+
+
 def test_killed_listener_is_reported_and_recovers(slaves, make, caplog):
     """With shedding off, a stalled stream overflows the slave's event queue and
     FreeSWITCH kills the listener ("killed listener because of lost events"): the worker
