@@ -1178,13 +1178,27 @@ def _thin(mask: np.ndarray, limit: int = PLOT_MAX_POINTS) -> np.ndarray:
     return idx
 
 
+#: Incidents drawn on the plot, and their colours (trouble red, recovery green).
+_INCIDENT_STYLE = {
+    "slave_down": "tab:red",
+    "worker_died": "tab:red",
+    "listener_killed": "tab:red",
+    "shedding": "tab:orange",
+    "originate_rejected": "tab:red",
+    "slave_up": "tab:green",
+    "worker_restarted": "tab:green",
+}
+
+
 def plot_run(run: Run, path: str | os.PathLike | None = None):
     """A matplotlib Figure of the run, three panels against seconds since the first call:
 
     1. latencies (call setup, answer, invite, originate), ms;
     2. active sessions and erlangs (the workers' per-second counters summed when present,
        else the CDR columns) and cumulative failed calls;
-    3. call rate (per-second offered calls, and ``avg_call_rate``) with the target rate.
+    3. call rate (per-second offered calls, and ``avg_call_rate``) with the target rate;
+    incidents (a slave down or up, a worker died or restarted, shedding ...) are dotted
+    vertical lines on every panel.
 
     Per-call series of big runs are thinned to :data:`PLOT_MAX_POINTS` evenly spaced calls
     (a scatter of more is not more readable, only slower). Uses the Agg canvas directly (no pyplot, no global backend change). Saved as PNG to
@@ -1247,6 +1261,18 @@ def plot_run(run: Run, path: str | os.PathLike | None = None):
     ok = _thin(np.isfinite(x) & np.isfinite(m["avg_call_rate"]))
     if ok.size:
         ax3.plot(x[ok], m["avg_call_rate"][ok], label="avg_call_rate")
+    # the run's incidents (settings.json) as vertical markers, one legend entry per kind
+    seen_kinds: set[str] = set()
+    for inc in run.settings.get("incidents", ()):
+        kind, t = inc.get("kind"), inc.get("time")
+        style = _INCIDENT_STYLE.get(kind)
+        if style is None or not isinstance(t, int | float):
+            continue
+        label = kind.replace("_", " ") if kind not in seen_kinds else None
+        seen_kinds.add(kind)
+        for ax in (ax3, ax2, ax1):  # the legend entry on the rate panel
+            ax.axvline(t - t0, color=style, linestyle=":", linewidth=1, label=label)
+            label = None
     ax3.set_ylabel("calls/s")
     ax3.set_xlabel("seconds since the first call")
     for ax in (ax1, ax2, ax3):

@@ -312,6 +312,9 @@ def test_worker_sigkill_keeps_flushed_rows_and_counts_the_rest(slaves, make, cap
     run = load_run(o.run_dir)
     text = run.format_summary()
     assert f"unrecorded (rows lost with a crashed worker): {crash['unrecorded']}" in text
+    fig = run.plot()
+    labels = {ln.get_label() for ln in fig.axes[2].lines}
+    assert {"worker died", "worker restarted"} <= labels  # on the run's timeline
     page = run.report_html(tmp_path / "report.html").read_text()
     assert "<h2>Incidents</h2>" in page and f"<td>{crash['unrecorded']}</td>" in page
 
