@@ -92,7 +92,9 @@ atexit.register(_shutdown_all)
 def _on_sigterm(signum: int, frame: Any) -> None:
     """SIGTERM in a script that left it at its default: exit through the interpreter's
     normal path (SystemExit), so the Originators shut down cleanly at exit (calls hung up,
-    CDRs flushed, workers stopped, shared memory released) instead of dying on the spot."""
+    CDRs flushed, workers stopped, shared memory released) instead of dying on the spot.
+    A second SIGTERM (during that shutdown) kills as before."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     raise SystemExit(128 + signal.SIGTERM)
 
 
