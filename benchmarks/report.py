@@ -221,17 +221,21 @@ def peers_section(path: Path, d: dict[str, Any]) -> list[str]:
 def soak_section(path: Path, d: dict[str, Any]) -> list[str]:
     out = ["### Soak", "", _machine(d, path), ""]
     out += [
-        "| soak | s | rate | calls | failed | worker RSS first → last third (MiB) | flat | worker µs/call |",
-        "|---|---:|---:|---:|---:|---:|---|---:|",
+        "| soak | s | target rate | achieved | calls | failed (by cause) | faults | worker RSS first → last third (MiB) | MiB/min | flat | worker µs/call |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for key in ("plain", "faults"):
         x = d.get(key)
         if not x:
             continue
+        causes = ", ".join(f"{k} {v}" for k, v in (x.get("failures") or {}).items())
         out.append(
-            f"| {key} | {_num(x['seconds'])} | {_num(x['rate'], ',.1f')} | {_num(x['offered'])} | "
-            f"{_num(x['failed'])} | {_num(x['worker_rss_first_third'] / 2**20, '.1f')} → "
-            f"{_num(x['worker_rss_last_third'] / 2**20, '.1f')} | {x['memory_flat']} | "
+            f"| {key} | {_num(x['seconds'])} | {_num(x['rate'], ',.1f')} | "
+            f"{_num(x['achieved'], ',.1f')} | {_num(x['offered'])} | "
+            f"{_num(x['failed'])}{f' ({causes})' if causes else ''} | {len(x.get('faults', []))} | "
+            f"{_num(x['worker_rss_first_third'] / 2**20, '.1f')} → "
+            f"{_num(x['worker_rss_last_third'] / 2**20, '.1f')} | "
+            f"{_num(x['worker_rss_growth_per_min'] / 2**20, '.2f')} | {x['memory_flat']} | "
             f"{_num(x['worker_us_per_call'])} |"
         )
     return out

@@ -252,7 +252,7 @@ def test_switchio_side_by_side(request: pytest.FixtureRequest) -> None:
             return _T(rate, x.get("achieved", 0.0), ok, x.get("us_per_call", float("nan")))
 
         best, _ = search_rate(
-            trial, start=100.0, budget_s=25.0 if quick else 400.0, max_trials=3 if quick else 9
+            trial, start=100.0, budget_s=25.0 if quick else 240.0, max_trials=3 if quick else 9
         )
     data.update(
         available=True,
@@ -268,7 +268,7 @@ def test_switchio_side_by_side(request: pytest.FixtureRequest) -> None:
         fbest, ftrials = search_rate(
             lambda r: rig.trial(r, window, WARMUP_S),
             start=max(best, 100.0),
-            budget_s=15.0 if quick else 300.0,
+            budget_s=15.0 if quick else 180.0,
             max_trials=2 if quick else 9,
         )
     data["fastswitch"] = {
