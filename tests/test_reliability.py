@@ -483,15 +483,20 @@ def test_killed_listener_is_reported_and_recovers(slaves, make, caplog):
 # --------------------------------------------------------------------------------------------
 
 
-def test_throttling_counted_by_cause_warned_and_rate_kept(slaves, make, caplog):
-    """The slave's sessions-per-second limit refuses most calls (-ERR
+@pytest.mark.parametrize(
+    "limit_cmd, restore",
+    [("fsctl sps 11", "fsctl sps 20000"), ("fsctl max_sessions 10", "fsctl max_sessions 20000")],
+    ids=["sps", "max_sessions"],
+)
+def test_throttling_counted_by_cause_warned_and_rate_kept(slaves, make, caplog, limit_cmd, restore):
+    """The slave's sessions-per-second or max-sessions limit refuses most calls (-ERR
     DESTINATION_OUT_OF_ORDER): the refusals are counted by cause in the counters and the
     CDR, the user gets a warning naming the slave and the limit, and the rate stays."""
     caplog.set_level(logging.INFO, logger="fastswitch")
     s0 = slaves[0]
-    api(s0.address, "fsctl sps 11")  # 10 sessions a second: 5 looped-back calls
+    api(s0.address, limit_cmd)  # sps 11: 5 looped-back calls a second; 10 sessions: 5 calls
     try:
-        o = make([s0.address], rate=50, limit=500, max_sessions=150, duration=0.2)
+        o = make([s0.address], rate=50, limit=500, max_sessions=150, duration=0.5)
         start_park(o, [s0])
         assert o.waitforstate("STOPPED", timeout=20)
         assert o.waitwhile(timeout=20)
@@ -508,7 +513,7 @@ def test_throttling_counted_by_cause_warned_and_rate_kept(slaves, make, caplog):
         failures = dict(o.failures)
         s = finish(o)
     finally:
-        api(s0.address, "fsctl sps 20000")
+        api(s0.address, restore)
     assert s["offered"] == 150
     assert s["failed_by_cause"] == failures
     assert s["incidents"]["throttled"] >= 1
