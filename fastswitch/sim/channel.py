@@ -92,6 +92,47 @@ class Job:
 class Leg:
     """One channel: state, timestamps, variables, running apps, and its SIP dialog."""
 
+    # slots: a leg has more attributes than an instance dict shares keys for (30), and
+    # its creation and attribute access are on the per-call path; __dict__ keeps
+    # other attributes possible
+    __slots__ = (
+        "core",
+        "uuid",
+        "role",
+        "direction",
+        "dest",
+        "chan_name",
+        "context",
+        "block",
+        "chanvars",
+        "cs",
+        "callstate",
+        "answer",
+        "t",
+        "apps",
+        "cause",
+        "hungup",
+        "destroyed",
+        "job",
+        "app_after_answer",
+        "peer",
+        "call_id",
+        "timers",
+        "bert_running",
+        "bert_peer",
+        "bert_synced",
+        "bert_sync_scheduled",
+        "history",
+        "reason",
+        "bert_lost_count",
+        "created_wall",
+        "enc",
+        "values",
+        "blockname",
+        "__dict__",
+        "__weakref__",
+    )
+
     def __init__(
         self,
         core: Core,

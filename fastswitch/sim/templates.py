@@ -109,6 +109,14 @@ def encode_block(fmt: str, pairs: Sequence[tuple[str, str]], position: str = "t"
     return "".join(f',"variable_{json_escape(n)}":"{json_escape(v)}"' for n, v in pairs).encode()
 
 
+def _block_keys(name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The slot names of block ``name``: in the url encodings (plain, xml), in json."""
+    return (f"@{name}:p", f"@{name}:x"), (f"@{name}:t", f"@{name}:l")
+
+
+_BLOCK_KEYS = {name: _block_keys(name) for name in BLOCKS}
+
+
 class _Encodings(dict):  # type: ignore[type-arg]
     """Encoded slot values of one format; a missing key is encoded on first use."""
 
@@ -153,8 +161,10 @@ class Encoded:
         self.url = self._encodings(enc_url)
         self.json = self._encodings(enc_json)
 
-    def _encodings(self, fn: Callable[[str], bytes]) -> _Encodings:
-        d = _Encodings()
+    def _encodings(
+        self, fn: Callable[[str], bytes], init: Mapping[str, bytes] | None = None
+    ) -> _Encodings:
+        d = _Encodings(init) if init else _Encodings()  # one presized copy, not N inserts
         d.encode = fn
         d.raw = self.raw
         d.blocks = self.blocks
@@ -202,19 +212,18 @@ class Encoded:
         new.tick = -1
         new.raw = dict(self.raw)
         new.blocks = dict(self.blocks)
-        new.url = new._encodings(enc_url)
-        new.url.update(self.url)
-        new.json = new._encodings(enc_json)
-        new.json.update(self.json)
+        new.url = new._encodings(enc_url, self.url)
+        new.json = new._encodings(enc_json, self.json)
         return new
 
     def set_block(self, name: str, pairs: Sequence[tuple[str, str]]) -> None:
         """(Re)set a block slot (``VARS``/``XHDRS``): a list of (variable, value) pairs."""
         self.blocks[name] = pairs
-        for pos in ("p", "x"):
-            self.url.pop(f"@{name}:{pos}", None)
-        for pos in ("t", "l"):
-            self.json.pop(f"@{name}:{pos}", None)
+        url_keys, json_keys = _BLOCK_KEYS.get(name) or _block_keys(name)
+        for k in url_keys:
+            self.url.pop(k, None)
+        for k in json_keys:
+            self.json.pop(k, None)
 
     def set_body(self, body: str | None) -> None:
         """Set the event body (BACKGROUND_JOB result) for the next render (encoded then,
