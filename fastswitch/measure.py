@@ -700,6 +700,8 @@ CALL_METRICS_COLUMNS: tuple[str, ...] = (
 
 #: ``call_rate`` is clipped at this many calls per second.
 CALL_RATE_CLIP = 1000.0
+#: ``avg_call_rate`` is NaN until this many calls (or the window) have arrived.
+AVG_RATE_MIN_CALLS = 10
 #: ``avg_call_rate`` window, in calls.
 AVG_RATE_WINDOW = 100
 
@@ -747,7 +749,9 @@ def call_metrics_arrays(
             lag = np.maximum(k - window, 0)
             span = t - t[lag]
             avg = np.where(span > 0, (k - lag) / np.where(span > 0, span, 1.0), np.nan)
-            avg[0] = np.nan
+            # a rate over one or two arrivals is noise (two workers' calls created in the
+            # same millisecond read as thousands per second): wait for a few arrivals
+            avg[k < min(window, AVG_RATE_MIN_CALLS)] = np.nan
             avg_rate[sel] = avg
         sel_all = np.flatnonzero(is_call)
         if sel_all.size:
@@ -797,14 +801,15 @@ def call_metrics(
     - ``answer_latency`` = ``caller_answer − callee_answer``: how long the B-leg's answer (200 OK)
       takes to reach the A-leg through the SUT.
     - ``call_duration`` = ``caller_hangup − caller_create``: the A-leg's life, create to hangup
-      (switchio's definition; hold time counts from creation, as the hold timer does).
+      (switchio's definition; the Originator's hold timer counts ``duration`` from the
+      A-leg's answer, so ``call_duration`` ≈ ``call_setup_latency + duration``).
     - ``call_rate``: instantaneous offered rate, ``1 / (caller_create[i] − caller_create[i−1])``
       over consecutive caller rows (all workers together), NaN on the first, clipped at
       ``rate_clip`` (1000 /s; also the value for two creates in the same instant).
     - ``avg_call_rate``: offered rate over the last ``window`` (100) calls,
       ``m / (caller_create[i] − caller_create[i−m])`` with ``m = min(i, window)`` — the mean
       of the arrival rate over that window (an honest average of rates, unlike the mean of the
-      clipped instantaneous values); NaN on the first row.
+      clipped instantaneous values); NaN until ``min(window, 10)`` calls have arrived.
     - ``seizure_fail_rate``: failed calls / offered calls, cumulative over the caller rows up
       to and including this one (``failed`` as recorded by the CDR app).
     - ``answer_seizure_ratio`` (ASR): answered calls (``caller_answer`` present) / offered calls,

@@ -538,8 +538,8 @@ def test_call_metrics_definitions_on_hand_built_rows(tmp_path):
     # call_rate = 1/diff(caller_create): gaps 1, .5, .25, 2
     exp_rate = [None, 1.0, 2.0, 4.0, 0.5]
     assert all(close(a, b) for a, b in zip(m["call_rate"], exp_rate, strict=True))
-    # avg_call_rate over window=2: m/(t[i]-t[i-m]), m = min(i, 2)
-    exp_avg = [None, 1 / 1.0, 2 / 1.5, 2 / 0.75, 2 / 2.25]
+    # avg_call_rate over window=2: m/(t[i]-t[i-m]), m = min(i, 2), NaN until m reaches 2
+    exp_avg = [None, None, 2 / 1.5, 2 / 0.75, 2 / 2.25]
     assert all(close(a, b) for a, b in zip(m["avg_call_rate"], exp_avg, strict=True))
     # failed: rows 2 and 3; answered: all but row 3
     exp_sfr = [0, 0, 1 / 3, 2 / 4, 2 / 5]
@@ -548,6 +548,21 @@ def test_call_metrics_definitions_on_hand_built_rows(tmp_path):
     assert all(close(a, b) for a, b in zip(m["answer_seizure_ratio"], exp_asr, strict=True))
     assert m["failed"] == [False, False, True, True, False]
     assert m["caller_create"] == [T0 + c for c in creates]
+
+
+def test_avg_call_rate_ignores_simultaneous_first_arrivals(tmp_path):
+    """Two workers' first calls created in the same millisecond, then a steady 10 calls/s:
+    the average rate never reads as thousands per second."""
+    rows = [make_row(0), make_row(0, call_uuid="a-twin", caller_create=T0 + 0.0181)]
+    rows += [make_row(i) for i in range(1, 40)]
+    write_cdr(cdr_path(tmp_path, 0), rows)
+    avg = [
+        a for a in measure.call_metrics(load_run(tmp_path).cdr_table).to_pydict()["avg_call_rate"]
+    ]
+    finite = [a for a in avg if a is not None and math.isfinite(a)]
+    assert finite, avg
+    assert max(finite) < 12.0
+    assert math.isclose(finite[-1], 10.0, rel_tol=0.1)
 
 
 def test_call_rate_clipped_and_simultaneous_creates(tmp_path):
