@@ -323,7 +323,9 @@ class Client:
     (install ``filter`` commands so only this client's calls are delivered on a shared
     server), ``track_remote`` (track B-legs other workers originated as remote calls;
     turn off when several workers share one slave), ``events`` (extra subscriptions),
-    ``uuid_func``.
+    ``uuid_func``, ``keep_events`` (False: a tracked session refers to an event only while
+    it is dispatched to the apps, its fields hold what is read later; True: each session
+    also keeps its ``last_event`` / ``var_event``, ~5 KB each per leg, for harnesses).
 
     Hooks: ``connect_hooks`` (``f(client)``, after every (re)connection),
     ``disconnect_hooks`` (``f(client, cause, (calls, sessions, jobs) lost)``),
@@ -350,6 +352,7 @@ class Client:
         track_remote: bool = True,
         events: Iterable[str] = (),
         uuid_func: Callable[[], str] | None = None,
+        keep_events: bool = False,
     ) -> None:
         if event_format not in ("plain", "json"):
             raise ValueError("event_format must be 'plain' or 'json'")
@@ -376,7 +379,9 @@ class Client:
         self.call_filter = call_filter
         self.uuid_func = uuid_func or uuid_str_factory
 
-        self.listener = CallTracker(self, var_prefix=var_prefix, correlation=correlation)
+        self.listener = CallTracker(
+            self, var_prefix=var_prefix, correlation=correlation, keep_events=keep_events
+        )
         self.apps = AppRegistry()
         self.listener.dispatch = self.apps.dispatch
         self.listener.track_remote = track_remote

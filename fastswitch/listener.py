@@ -14,6 +14,10 @@ Rules (see docs/ARCHITECTURE.md, "Call tracking hooks"):
   when DESTROY is not subscribed) and is forgotten. A call completes when it has no live
   legs and its job (if any) is done, or when its job failed before any leg appeared:
   ``call_complete_hooks`` run once, then the Call is forgotten.
+- A session keeps no event: what is read later (times, answer / hangup state, hangup
+  cause, the hangup's SIP statuses) is extracted into its fields as events arrive, and
+  ``Session.event`` refers to an event only while it is dispatched (``keep_events``
+  keeps ``last_event`` / ``var_event`` as well, for harnesses that want them).
 - A failed originate job is logged in the seed's words and counted by cause.
 
 Counters are plain ints/dicts updated in O(1) per event.
@@ -27,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastswitch.commands import ORIGINATING_SESSION_VAR, client_var
 from fastswitch.errors import CommandError, ConnectionLost
-from fastswitch.models import _NO_VARS, Call, Job, Session, error_cause
+from fastswitch.models import _NO_VARS, KNOWN_HEADERS, Call, Job, Session, error_cause
 
 if TYPE_CHECKING:
     from fastswitch.esl import Event
@@ -56,7 +60,10 @@ class CallTracker:
 
     ``dispatch(name, app_id, obj)`` (set by the client) is called for every event
     about a tracked session after the session was updated and before it may be
-    released, so app callbacks see the final state.
+    released, so app callbacks see the final state; ``sess.event`` is the event for the
+    dispatch (and the completion hooks it may trigger) and None afterwards.
+    ``keep_events`` (default False) also keeps each session's latest event and latest
+    event with variables (``last_event`` / ``var_event``, ~5 KB each).
     """
 
     def __init__(
@@ -66,6 +73,7 @@ class CallTracker:
         correlation: str = "uuid",
         final_event: str = "CHANNEL_HANGUP_COMPLETE",
         logger: logging.Logger | None = None,
+        keep_events: bool = False,
     ) -> None:
         if correlation not in ("uuid", "caller_id"):
             raise ValueError("correlation must be 'uuid' or 'caller_id'")
@@ -75,6 +83,9 @@ class CallTracker:
         self.app_var_a = "variable_" + cvar  # on the A-leg
         self.app_var_b = f"variable_sip_h_X-{cvar}"  # on the B-leg (and the A-leg)
         self.orig_var = "variable_" + ORIGINATING_SESSION_VAR
+        self.keep_events = keep_events
+        # what Session.get answers from fields once no event is at hand
+        self.known_headers = {**KNOWN_HEADERS, self.app_var_a: "app_id", self.app_var_b: "app_id"}
         self.correlation = correlation
         self.final_event = final_event
         self.app_ids: set[str] = set()  # our app ids (for recognising remote B-legs)
@@ -171,20 +182,26 @@ class CallTracker:
             sess = self._new_session(uuid, ev, now)
             if sess is None:
                 return
+            sess.event = ev
             if name == "CHANNEL_ORIGINATE":
                 self._on_originate(sess, ev, now)
         else:
-            sess.last_event = ev  # Session.update, inlined (one Event-Name read per event)
-            if name not in _NO_VARS:
-                sess.var_event = ev
+            sess.event = ev  # for the dispatch only: cleared below
+            if self.keep_events:  # Session.update, inlined (one Event-Name read per event)
+                sess.last_event = ev
+                if name not in _NO_VARS:
+                    sess.var_event = ev
             h = self._handlers.get(name)
             if h is not None:
                 h(sess, ev, now)
-        dispatch = self.dispatch
-        if dispatch is not None:
-            dispatch(ev.subclass if name == "CUSTOM" else name, sess.app_id, sess)
-        if name == self.final_event:
-            self._end_session(sess, now)
+        try:
+            dispatch = self.dispatch
+            if dispatch is not None:
+                dispatch(ev.subclass if name == "CUSTOM" else name, sess.app_id, sess)
+            if name == self.final_event:
+                self._end_session(sess, now)
+        finally:
+            sess.event = None
 
     # -- sessions ------------------------------------------------------------------------------
     def _new_session(self, uuid: str, ev: Event, now: float) -> Session | None:
@@ -220,7 +237,15 @@ class CallTracker:
                 remote = True
         if call.done:
             return None
-        sess = Session(uuid, direction, app_id, call, self.client, ev)
+        sess = Session(
+            uuid,
+            direction,
+            app_id,
+            call,
+            self.client,
+            ev if self.keep_events else None,
+            self.known_headers,
+        )
         sess.create_time = now
         sess.create_fs_time = ev.timestamp / 1e6
         if direction == "outbound" and self.originate_from_create:
@@ -264,6 +289,14 @@ class CallTracker:
         cause = ev.hangup_cause
         if cause:
             sess.hangup_cause = cause
+        # the SIP statuses the CDR app records for failed legs (on the hangup events only:
+        # earlier events do not have them)
+        st = ev.get("variable_sip_term_status")
+        if st is not None:
+            sess.sip_term_status = st
+        st = ev.get("variable_sip_invite_failure_status")
+        if st is not None:
+            sess.sip_invite_failure_status = st
 
     def _on_destroy(self, sess: Session, ev: Event, now: float) -> None:
         if not sess.hungup:

@@ -1,9 +1,13 @@
 """The call model: :class:`Session` (one channel), :class:`Call` (the legs of one
 originate), :class:`Job` (one ``bgapi`` command).
 
-Objects are small (``__slots__``) and hold no per-event history: a Session keeps only
-its latest event (and the latest one that carried channel variables), from which
-variables are read lazily. Times come in two flavours: ``*_time`` is the worker's
+Objects are small (``__slots__``) and hold no events: the call tracker extracts the few
+values it, the worker and the shipped apps read later (times, answer / hangup state,
+hangup cause, the SIP statuses of the hangup) into plain fields when an event arrives,
+and a Session refers to an event only while that event is being dispatched to the apps
+(``Session.event``). A kept event would cost ~5 KB per leg (its raw frame bytes); the
+fields cost a few dozen bytes. ``Client(keep_events=True)`` keeps ``last_event`` /
+``var_event`` for harnesses that want the events themselves. Times come in two flavours: ``*_time`` is the worker's
 receive time (``time.time()`` when the event's bytes arrived) and ``*_fs_time`` is
 FreeSWITCH's ``Event-Date-Timestamp`` in seconds (FS moves it in 20 ms steps).
 
@@ -24,7 +28,7 @@ if TYPE_CHECKING:
     from fastswitch.client import Client
     from fastswitch.esl import Event
 
-__all__ = ["Session", "Call", "Job", "error_cause"]
+__all__ = ["Session", "Call", "Job", "error_cause", "KNOWN_HEADERS"]
 
 log = logging.getLogger("fastswitch.models")
 
@@ -33,6 +37,21 @@ log = logging.getLogger("fastswitch.models")
 _NO_VARS = frozenset(
     ("CHANNEL_CALLSTATE", "CHANNEL_STATE", "CUSTOM", "CHANNEL_OUTGOING", "HEARTBEAT")
 )
+
+
+#: Headers :meth:`Session.get` answers from the session's fields once no event is at hand
+#: (header -> attribute; ``call_uuid`` is ``call.uuid``). A tracker adds its own app id
+#: variables (``variable_<prefix>_client``, ``variable_sip_h_X-<prefix>_client``).
+KNOWN_HEADERS: dict[str, str] = {
+    "Unique-ID": "uuid",
+    "Call-Direction": "direction",
+    "Hangup-Cause": "hangup_cause",
+    "variable_sip_term_status": "sip_term_status",
+    "variable_sip_invite_failure_status": "sip_invite_failure_status",
+    "variable_sip_h_X-originating_session_uuid": "call_uuid",
+    "variable_fastswitch_client": "app_id",
+    "variable_sip_h_X-fastswitch_client": "app_id",
+}
 
 
 def _log_failure(fut: asyncio.Future) -> None:
@@ -47,10 +66,17 @@ class Session:
     """One FreeSWITCH channel (a call leg) seen through its events.
 
     Attributes: ``uuid``, ``direction`` (``'outbound'`` for a leg we originated,
-    ``'inbound'`` for a leg that reached a slave), ``app_id``, ``call``, ``last_event``,
-    ``answered``, ``hungup``, ``hangup_cause``; receive times ``create_time``,
-    ``originate_time``, ``progress_time``, ``answer_time``, ``hangup_time``,
-    ``destroy_time`` and the matching ``*_fs_time`` stamps (``None`` until seen).
+    ``'inbound'`` for a leg that reached a slave), ``app_id``, ``call``, ``answered``,
+    ``hungup``, ``hangup_cause``, ``sip_term_status`` / ``sip_invite_failure_status``
+    (``variable_sip_term_status`` / ``variable_sip_invite_failure_status`` of the latest
+    hangup event that had them); receive times ``create_time``, ``originate_time``,
+    ``progress_time``, ``answer_time``, ``hangup_time``, ``destroy_time`` and the
+    matching ``*_fs_time`` stamps (``None`` until seen).
+
+    ``event`` is the event being dispatched to the apps (None otherwise: the tracker
+    keeps no event after its dispatch). ``last_event`` / ``var_event`` (the latest event
+    and the latest one with channel variables) are None unless the client was made with
+    ``keep_events=True``. See :meth:`get` for what header reads return.
     """
 
     __slots__ = (
@@ -59,11 +85,15 @@ class Session:
         "app_id",
         "call",
         "client",
+        "event",
         "last_event",
         "var_event",
+        "known",
         "answered",
         "hungup",
         "hangup_cause",
+        "sip_term_status",
+        "sip_invite_failure_status",
         "create_time",
         "create_fs_time",
         "originate_time",
@@ -87,17 +117,23 @@ class Session:
         call: Call | None,
         client: Client | None,
         event: Event | None = None,
+        known: dict[str, str] | None = None,
     ) -> None:
         self.uuid = uuid
         self.direction = direction
         self.app_id = app_id
         self.call = call
         self.client = client
+        self.event: Event | None = None
+        # an event given here is kept (the tracker passes one only with keep_events)
         self.last_event = event
         self.var_event = event
+        self.known = KNOWN_HEADERS if known is None else known
         self.answered = False
         self.hungup = False
         self.hangup_cause: str | None = None
+        self.sip_term_status: str | None = None
+        self.sip_invite_failure_status: str | None = None
         self.create_time: float | None = None
         self.create_fs_time: float | None = None
         self.originate_time: float | None = None
@@ -118,25 +154,49 @@ class Session:
 
     # -- event data --------------------------------------------------------------------
     def update(self, event: Event) -> None:
-        """Record ``event`` as the latest one (called by the call tracker)."""
+        """Keep ``event`` as the latest one (``keep_events`` mode; the call tracker does
+        this itself)."""
         self.last_event = event
         if event.name not in _NO_VARS:
             self.var_event = event
 
     def get(self, header: str, default: Any = None) -> Any:
-        """A header of the latest event (falling back to the latest one with variables)."""
+        """A header of the session's events, as far as they are still known.
+
+        In order: the event being dispatched (``event``, while an app callback runs for
+        it), the kept ``last_event`` / ``var_event`` (``keep_events=True`` only), then the
+        values the tracker extracted (:data:`KNOWN_HEADERS`: ``Unique-ID``,
+        ``Call-Direction``, ``Hangup-Cause``, the SIP statuses of the hangup, the call's
+        originating-session uuid and the app id variables). Anything else is ``default``
+        once its event was dispatched: ``await sess.getvar(name)`` asks FreeSWITCH.
+        """
+        ev = self.event
+        if ev is not None:
+            v = ev.get(header)
+            if v is not None:
+                return v
         ev = self.last_event
         if ev is not None:
             v = ev.get(header)
             if v is not None:
                 return v
-        ev = self.var_event
-        if ev is not None:
-            return ev.get(header, default)
-        return default
+            ev = self.var_event
+            if ev is not None:
+                v = ev.get(header)
+                if v is not None:
+                    return v
+        attr = self.known.get(header)
+        if attr is None:
+            return default
+        if attr == "call_uuid":
+            v = self.call.uuid if self.call is not None else None
+        else:
+            v = getattr(self, attr)
+        return default if v is None else v
 
     def var(self, name: str, default: Any = None) -> Any:
-        """A channel variable (``variable_<name>``) as of the latest event that had them."""
+        """A channel variable (``variable_<name>``): see :meth:`get` for which are known
+        after their event's dispatch."""
         return self.get("variable_" + name, default)
 
     def is_inbound(self) -> bool:

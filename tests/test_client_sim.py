@@ -16,7 +16,6 @@ from fastswitch.apps import event_callback
 from fastswitch.client import Client
 from fastswitch.errors import ConnectionLost, ESLError, ESLProtocolError
 
-
 pytestmark = pytest.mark.timeout(60)
 
 
@@ -266,7 +265,7 @@ async def test_call_filter_on_a_shared_server(sim_server):
 
 @run
 async def test_json_events(sim_server):
-    c = client_for(sim_server, event_format="json")
+    c = client_for(sim_server, event_format="json", keep_events=True)
     c.load_app(HangupOnPark(), "app1")
     done = []
     c.listener.call_complete_hooks.append(done.append)
@@ -275,8 +274,54 @@ async def test_json_events(sim_server):
     c.originate()
     await until(lambda: done)
     (call,) = done
+    # keep_events: the latest event (and the latest with variables) stay on the session
     assert call.caller.last_event.format == "json" and call.callee is not None
+    assert call.caller.var_event is not None and call.caller.event is None
+    assert call.caller.var("sip_hangup_disposition") is not None
     assert not call.failed
+    await c.close()
+
+
+class ReadsDuringDispatch(HangupOnPark):
+    """Reads headers of the event being dispatched (and checks it is the one)."""
+
+    def __init__(self):
+        super().__init__()
+        self.read: list = []
+
+    @event_callback("CHANNEL_PARK")
+    def on_park(self, sess):
+        assert sess.event is not None and sess.event.name == "CHANNEL_PARK"
+        self.read.append((sess.get("Event-Name"), sess.get("Caller-Context"), sess.var("uuid")))
+        super().on_park(sess)
+
+
+@run
+async def test_sessions_keep_no_event_after_dispatch(sim_server):
+    c = client_for(sim_server)
+    app = ReadsDuringDispatch()
+    c.load_app(app, "app1")
+    done = []
+    c.listener.call_complete_hooks.append(done.append)
+    await c.connect()
+    c.set_orig_cmd(sip_dest(sim_server))
+    c.originate()
+    await until(lambda: done)
+    (call,) = done
+    a, b = call.caller, call.callee
+    assert len(app.read) == 2
+    for name, context, uuid in app.read:
+        assert name == "CHANNEL_PARK" and context and uuid in (a.uuid, b.uuid)
+    for s in (a, b):
+        assert s.event is None and s.last_event is None and s.var_event is None
+        # headers of dispatched events are gone; the extracted ones are answered from fields
+        assert s.get("Caller-Context") is None and s.var("uuid", "x") == "x"
+        assert s.get("Unique-ID") == s.uuid and s.get("Call-Direction") == s.direction
+        assert s.get("Hangup-Cause") == s.hangup_cause == "NORMAL_CLEARING"
+        assert s.var("sip_h_X-originating_session_uuid") == call.uuid
+        assert s.var("sip_h_X-fastswitch_client") == "app1"
+    assert b.sip_term_status == "200" == b.var("sip_term_status")  # the BYE's answer
+    assert_released(c)
     await c.close()
 
 

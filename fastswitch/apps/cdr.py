@@ -13,9 +13,9 @@ What the app relies on (docs/ARCHITECTURE.md, models.py):
   and ``lost`` (a reason the tracker stopped following it, or None).
 - Session: ``uuid``, ``direction``, ``hangup_cause``, ``create_time``, ``originate_time``,
   ``answer_time``, ``hangup_time``, ``destroy_time`` and their ``*_fs_time`` stamps;
-  ``var_event`` / ``last_event`` for ``sip_term_status`` / ``sip_invite_failure_status``
-  (read for failed calls only: the ``*_sip_status`` columns are null on calls that went
-  well, because reading a variable costs more than the rest of the row).
+  ``sip_term_status`` / ``sip_invite_failure_status`` (extracted by the tracker from the
+  leg's hangup events; recorded for failed calls only: the ``*_sip_status`` columns are
+  null on calls that went well).
 - Job: ``uuid``, ``launch_time``, ``result``, ``failed`` and ``done_time`` (when the
   BACKGROUND_JOB arrived).
 - Tracker counters sampled at row time: ``active_sessions`` and ``active_calls`` (the
@@ -55,12 +55,15 @@ log = logging.getLogger("fastswitch.apps.cdr")
 
 
 def _sip_status(sess: Session) -> str | None:
-    """The leg's final SIP status: ``sip_term_status``, else ``sip_invite_failure_status``,
-    read from its latest event that carried variables."""
-    ev = sess.var_event or sess.last_event
-    if ev is None:
-        return None
-    return ev.get("variable_sip_term_status") or ev.get("variable_sip_invite_failure_status")
+    """The leg's final SIP status: ``sip_term_status``, else ``sip_invite_failure_status``
+    (extracted from its hangup events; a kept event is read for a session built outside
+    the tracker)."""
+    st = sess.sip_term_status or sess.sip_invite_failure_status
+    if st is None:
+        ev = sess.var_event or sess.last_event
+        if ev is not None:
+            st = ev.get("variable_sip_term_status") or ev.get("variable_sip_invite_failure_status")
+    return st
 
 
 def _job_cause(job: Job) -> str | None:
@@ -203,9 +206,8 @@ class CDR:
                 or cause is None
                 or cause not in ok
             )
-        # SIP statuses only for failed calls: reading a variable makes the Event index its
-        # ~200 headers (~10 us on a 9 KB event), 3x the rest of the row; an answered, normally
-        # cleared call has nothing to say there.
+        # SIP statuses only for failed calls: an answered, normally cleared call has nothing
+        # to say there.
         a_sip = b_sip = None
         if failed:
             if not remote:
