@@ -5,6 +5,8 @@
   ``FASTSWITCH_SOAK_SECONDS`` (600) seconds. Worker and simulator RSS are sampled every
   5 s; memory is *flat* when the median RSS of the last third is within 10% (and 16 MiB)
   of the median of the first third (after a 30 s settling period). No call may fail.
+- Both check that the worker leaks no file descriptor and that the CDR files hold one row
+  per call offered, minus the calls the parent reported unrecorded (a crashed worker).
 - ``test_soak_with_faults``: the same with a simulator fault every 60 s (``FASTSWITCH_SOAK_FAULT_PERIOD``), in turn
   ``stall 2`` (event delivery held 2 s), ``drop`` (ESL connection aborted: the worker
   reconnects, calls in flight are lost) and ``disconnect`` (FreeSWITCH's shutdown
@@ -23,8 +25,11 @@ import threading
 import time
 from typing import Any
 
+import psutil
 import pytest
 from _support import RESULTS, EngineRig, median, rss, save_results, search_rate, soak_requested
+
+from fastswitch.measure import load_run
 
 pytestmark = pytest.mark.timeout(3600)
 
@@ -81,6 +86,7 @@ def _soak(faults: bool) -> dict[str, Any]:
                         {
                             "t": time.monotonic() - t_start,
                             "worker_rss": rss(rig.worker_pids[0]),
+                            "worker_fds": psutil.Process(rig.worker_pids[0]).num_fds(),
                             "sim_rss": rss(s_pid),
                             "originated": st["originated"],
                             "failed": st["failed"],
@@ -114,6 +120,10 @@ def _soak(faults: bool) -> dict[str, Any]:
         st1 = o.stats()
         failures = o.failures
         w_end = rss(w_pid) if w_pid == rig.worker_pids[0] else None
+        run_dir = o.run_dir
+    # the run's CDR files, read back after shutdown: one row per call offered, except the
+    # rows the parent reported lost with a crashed worker
+    summary = load_run(run_dir).summary()
     settled = [s for s in samples if s["t"] >= SETTLE_S]
     third = max(1, len(settled) // 3)
     first = median(s["worker_rss"] for s in settled[:third])
@@ -137,6 +147,12 @@ def _soak(faults: bool) -> dict[str, Any]:
         else float("nan"),
         "worker_rss_end": w_end,
         "memory_flat": abs(growth) <= max(0.10 * first, 16 * 2**20),
+        "worker_fds_first": settled[0]["worker_fds"] if settled else None,
+        "worker_fds_last": settled[-1]["worker_fds"] if settled else None,
+        "cdr_rows": summary["offered"],
+        "offered_total": summary["offered_total"],
+        "unrecorded": summary["unrecorded"],
+        "lost": summary["lost"],
         "faults": events,
         "samples": samples,
     }
@@ -153,6 +169,7 @@ def test_soak_memory_flat() -> None:
     )
     assert res["failed"] == 0, res["failures"]
     assert res["memory_flat"]
+    _assert_no_leak_and_every_row(res)
 
 
 def test_soak_with_faults() -> None:
@@ -166,3 +183,11 @@ def test_soak_with_faults() -> None:
     )
     assert res["memory_flat"]
     assert res["achieved"] > 0.8 * res["rate"]
+    _assert_no_leak_and_every_row(res)
+
+
+def _assert_no_leak_and_every_row(res: dict[str, Any]) -> None:
+    """No file descriptor leaked across the faults' reconnects, and rows = offered − the
+    calls reported unrecorded (calls lost in flight still have their row, marked lost)."""
+    assert res["worker_fds_last"] <= res["worker_fds_first"] + 2, res
+    assert res["cdr_rows"] == res["offered_total"] - res["unrecorded"], res
