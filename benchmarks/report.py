@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from _support import slope  # benchmarks/ is this script's directory
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 README = HERE / "README.md"
@@ -45,16 +47,6 @@ def _num(x: Any, fmt: str = ",.0f") -> str:
     if not math.isfinite(v):
         return "–"
     return format(v, fmt)
-
-
-def _slope(xs: list[float], ys: list[float]) -> float:
-    """Least-squares slope (nan with fewer than 2 distinct xs)."""
-    n = len(xs)
-    if n < 2 or len(set(xs)) < 2:
-        return math.nan
-    mx, my = sum(xs) / n, sum(ys) / n
-    sxx = sum((x - mx) ** 2 for x in xs)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
 
 
 def _verdict(ok: bool | None) -> str:
@@ -90,7 +82,7 @@ def engine_section(path: Path, d: dict[str, Any]) -> list[str]:
         for k in sorted(rs, key=int):
             r = rs[k]
             ok = [x for x in r["trials"] if x.get("sustained")]
-            m = 1e6 * _slope(
+            m = 1e6 * slope(
                 [x["achieved"] for x in ok], [x["cpu_s"]["worker"] / x["window_s"] for x in ok]
             )
             # a slope <= 0 means the noise is larger than the effect: not a cost

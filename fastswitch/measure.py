@@ -1118,36 +1118,45 @@ def _group_rows(groups: Mapping[str, Mapping[str, Any]]) -> list[list[str]]:
     return rows
 
 
+def _headline_tables(s: Mapping[str, Any]) -> tuple[tuple[Any, list[list[Any]]], ...]:
+    """The (headers, rows) of the two headline tables of a summary (calls; rate and
+    concurrency), shared by the text and the HTML report."""
+    rate, conc = s["rate"], s["concurrency"]
+    calls = (
+        ("offered", "answered", "failed", "lost", "callee-only", "duration s"),
+        [
+            [
+                s["offered"],
+                s["answered"],
+                s["failed"],
+                s["lost"],
+                s["callee_only"],
+                _fmt(float(s["duration"])),
+            ]
+        ],
+    )
+    rates = (
+        ("rate achieved /s", "rate target /s", "max active calls", "limit"),
+        [
+            [
+                _fmt(rate["achieved"]),
+                _fmt(rate["target"]),
+                conc["max_active_calls"],
+                _fmt(conc["limit"]),
+            ]
+        ],
+    )
+    return calls, rates
+
+
 def format_summary(summary: Mapping[str, Any]) -> str:
     """A plain-text report of :func:`summarize`'s dict (fixed-width tables)."""
     s = summary
-    rate, conc = s["rate"], s["concurrency"]
+    calls, rates = _headline_tables(s)
     parts = [
-        _table(
-            ("offered", "answered", "failed", "lost", "callee-only", "duration s"),
-            [
-                [
-                    s["offered"],
-                    s["answered"],
-                    s["failed"],
-                    s["lost"],
-                    s["callee_only"],
-                    _fmt(float(s["duration"])),
-                ]
-            ],
-        ),
+        _table(*calls),
         "",
-        _table(
-            ("rate achieved /s", "rate target /s", "max active calls", "limit"),
-            [
-                [
-                    _fmt(rate["achieved"]),
-                    _fmt(rate["target"]),
-                    conc["max_active_calls"],
-                    _fmt(conc["limit"]),
-                ]
-            ],
-        ),
+        _table(*rates),
         "",
         _table(_LAT_HEADERS, _latency_rows(s["latency"])),
     ]
@@ -1303,7 +1312,7 @@ def report_html(run: Run, path: str | os.PathLike) -> Path:
     summary tables, the settings and their changes, and the plot embedded as a base64 PNG
     (a note instead when matplotlib is missing). Nothing is loaded from elsewhere."""
     s = run.summary()
-    rate, conc = s["rate"], s["concurrency"]
+    calls, rates = _headline_tables(s)
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
         f"<title>fastswitch run {html.escape(str(run.run_dir))}</title>",
@@ -1312,30 +1321,8 @@ def report_html(run: Run, path: str | os.PathLike) -> Path:
         "th{background:#eee}</style></head><body>",
         f"<h1>fastswitch run {html.escape(str(run.run_dir))}</h1>",
         "<h2>Calls</h2>",
-        _html_table(
-            ("offered", "answered", "failed", "lost", "callee-only", "duration s"),
-            [
-                [
-                    s["offered"],
-                    s["answered"],
-                    s["failed"],
-                    s["lost"],
-                    s["callee_only"],
-                    _fmt(float(s["duration"])),
-                ]
-            ],
-        ),
-        _html_table(
-            ("rate achieved /s", "rate target /s", "max active calls", "limit"),
-            [
-                [
-                    _fmt(rate["achieved"]),
-                    _fmt(rate["target"]),
-                    conc["max_active_calls"],
-                    _fmt(conc["limit"]),
-                ]
-            ],
-        ),
+        _html_table(*calls),
+        _html_table(*rates),
         "<h2>Latency</h2>",
         _html_table(_LAT_HEADERS, _latency_rows(s["latency"])),
     ]

@@ -35,17 +35,15 @@ ended after a hupall.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import logging
 import math
 import multiprocessing
 import os
 import signal
-import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from multiprocessing.connection import wait as mp_wait
 from pathlib import Path
 from typing import Any
@@ -53,6 +51,7 @@ from typing import Any
 import cloudpickle
 
 from fastswitch import control as C
+from fastswitch._spawn import main_hidden
 from fastswitch.control import INITIAL, ORIGINATING, STATE_NAMES, STOPPED, ControlBlock
 from fastswitch.errors import ConfigurationError, ConnectError, FastSwitchError
 from fastswitch.log import LogBridge, ensure_default_handler, get_logger
@@ -106,33 +105,6 @@ def _install_sigterm() -> None:
             signal.signal(signal.SIGTERM, _on_sigterm)
     except (ValueError, OSError):  # not the main interpreter
         pass
-
-
-@contextlib.contextmanager
-def _main_hidden() -> Iterator[None]:
-    """Keep a 'spawn' child from re-running the parent's ``__main__`` (a script without an
-    ``if __name__ == '__main__'`` guard would otherwise start a second Originator in every
-    worker). Workers never need ``__main__``: apps defined there are shipped by value with
-    cloudpickle."""
-    main = sys.modules.get("__main__")
-    if main is None:
-        yield
-        return
-    saved_file = main.__dict__.pop("__file__", _MISSING)
-    saved_spec = main.__dict__.get("__spec__", _MISSING)
-    main.__spec__ = None
-    try:
-        yield
-    finally:
-        if saved_file is not _MISSING:
-            main.__file__ = saved_file
-        if saved_spec is _MISSING:
-            main.__dict__.pop("__spec__", None)
-        else:
-            main.__spec__ = saved_spec
-
-
-_MISSING = object()
 
 
 def _fmt_num(x: float) -> str:
@@ -329,7 +301,7 @@ class Originator:
             ),
             daemon=True,
         )
-        with _main_hidden():
+        with main_hidden():
             proc.start()
         child_conn.close()
         handle.attach(proc, parent_conn)

@@ -15,9 +15,9 @@ import gc
 import multiprocessing
 import os
 import signal
-import sys
-from collections.abc import Iterator
 from typing import Any
+
+from fastswitch._spawn import main_hidden
 
 from .config import SimConfig
 
@@ -106,31 +106,6 @@ async def _start(cfg: SimConfig, loop: asyncio.AbstractEventLoop) -> tuple[Any, 
     return core, [esl]
 
 
-_MISSING = object()
-
-
-@contextlib.contextmanager
-def _main_hidden() -> Iterator[None]:
-    """Keep the spawn child from re-running the parent's ``__main__`` (the simulator
-    needs nothing from it, and a script without a main guard would recurse)."""
-    main = sys.modules.get("__main__")
-    if main is None:
-        yield
-        return
-    saved_file = main.__dict__.pop("__file__", _MISSING)
-    saved_spec = main.__dict__.get("__spec__", _MISSING)
-    main.__spec__ = None
-    try:
-        yield
-    finally:
-        if saved_file is not _MISSING:
-            main.__file__ = saved_file
-        if saved_spec is _MISSING:
-            main.__dict__.pop("__spec__", None)
-        else:
-            main.__spec__ = saved_spec
-
-
 class SimServer:
     """One simulated FreeSWITCH in its own process.
 
@@ -163,7 +138,7 @@ class SimServer:
             daemon=True,
             name=f"fastswitch-sim-{self.cfg.port}",
         )
-        with _main_hidden():
+        with main_hidden():
             self.proc.start()
         child.close()
         self._conn = parent
