@@ -6,7 +6,6 @@ caller-id correlation, errors in callbacks, prepost teardown and the app registr
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from fastswitch.esl import Parser
 
 sys.path.insert(0, str(Path(__file__).parent))
 from replay_server import ReplayServer  # noqa: E402
+from support import run_async, until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -29,21 +29,7 @@ K_A, K_B, K_JOB = (
 )
 
 
-def run(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        async def bounded():
-            async with asyncio.timeout(20):
-                return await fn(*args, **kwargs)
-
-        return asyncio.run(bounded())
-
-    return wrapper
-
-
-async def until(pred):
-    while not pred():
-        await asyncio.sleep(0.005)
+run = run_async(20)
 
 
 def feeder(*ids):

@@ -5,7 +5,6 @@ connection lost with commands pending, reconnect)."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import socket
 import sys
@@ -26,22 +25,13 @@ from fastswitch.esl import Frame
 
 sys.path.insert(0, str(Path(__file__).parent))
 from replay_server import CLOSE, ReplayServer, ScriptServer, api_response, reply  # noqa: E402
+from support import run_async
+from support import until as until_true
 
 pytestmark = pytest.mark.timeout(30)
 
 
-def run(fn):
-    """Run an async test on a fresh loop, bounded in time."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        async def bounded():
-            async with asyncio.timeout(20):
-                return await fn(*args, **kwargs)
-
-        return asyncio.run(bounded())
-
-    return wrapper
+run = run_async(20)
 
 
 def ok_server(api=None, bgapi=None) -> ScriptServer:
@@ -536,8 +526,3 @@ async def test_close_while_reconnecting_stops_retrying():
     await c.close()
     await asyncio.gather(task, return_exceptions=True)
     assert task.cancelled() and not c.connected
-
-
-async def until_true(pred):
-    while not pred():
-        await asyncio.sleep(0.005)

@@ -6,11 +6,11 @@ malformed bytes from a live server, and memory release."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import gc
 import weakref
 
 import pytest
+from support import run_async, until
 
 from fastswitch.apps import event_callback
 from fastswitch.client import Client
@@ -19,21 +19,7 @@ from fastswitch.errors import ConnectionLost, ESLError, ESLProtocolError
 pytestmark = pytest.mark.timeout(60)
 
 
-def run(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        async def bounded():
-            async with asyncio.timeout(40):
-                return await fn(*args, **kwargs)
-
-        return asyncio.run(bounded())
-
-    return wrapper
-
-
-async def until(pred):
-    while not pred():
-        await asyncio.sleep(0.005)
+run = run_async(40)
 
 
 def client_for(server, **kw) -> Client:

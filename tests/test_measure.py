@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from support import SEED_CDR_COLUMNS
 
 from fastswitch import measure
 from fastswitch.measure import (
@@ -37,23 +38,6 @@ from fastswitch.measure import (
 
 REPO = Path(__file__).resolve().parent.parent
 T0 = 1_700_000_000.0
-
-SEED_COLUMNS = [
-    "fastswitch_app",
-    "hangup_cause",
-    "caller_create",
-    "caller_answer",
-    "caller_req_originate",
-    "caller_originate",
-    "caller_hangup",
-    "job_launch",
-    "callee_create",
-    "callee_answer",
-    "callee_hangup",
-    "failed_calls",
-    "active_sessions",
-    "erlangs",
-]
 
 
 def make_row(i: int = 0, **kw) -> tuple:
@@ -120,10 +104,10 @@ def write_cdr(path: Path, rows, **kw) -> None:
 
 
 def test_schema_seed_columns_first_then_extras_with_dtypes():
-    assert list(CDR_COLUMNS[: len(SEED_COLUMNS)]) == SEED_COLUMNS
+    assert list(CDR_COLUMNS[: len(SEED_CDR_COLUMNS)]) == SEED_CDR_COLUMNS
     types = {f.name: f.type for f in CDR_SCHEMA}
     assert types["fastswitch_app"] == pa.string() and types["hangup_cause"] == pa.string()
-    for c in SEED_COLUMNS[2:11]:
+    for c in SEED_CDR_COLUMNS[2:11]:
         assert types[c] == pa.float64(), c
     for c in ("failed_calls", "active_sessions", "erlangs", "worker"):
         assert types[c] == pa.int64(), c

@@ -5,10 +5,10 @@ call, none lost, set-up latencies at the configured delay and failures by cause.
 from __future__ import annotations
 
 import math
-import time
 from collections import Counter
 
 import pytest
+from support import wait_for
 
 from fastswitch import get_originator
 from fastswitch.apps.park import Park
@@ -22,15 +22,6 @@ CALLS = 60
 # SIP code -> the cause the A-leg gets (the simulator's SUT rejects before the B-leg)
 MIX = {486: 0.2, 503: 0.1}
 CAUSES = {486: "USER_BUSY", 503: "NORMAL_TEMPORARY_FAILURE"}
-
-
-def wait_for(predicate, timeout: float, period: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(period)
-    return True
 
 
 @pytest.fixture(scope="module")

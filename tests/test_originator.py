@@ -8,11 +8,10 @@ import logging
 import math
 import os
 import signal
-import socket
-import time
 
 import numpy as np
 import pytest
+from support import free_port, shm_exists, wait_for
 
 from fastswitch import AuthenticationError, ConnectError, get_originator
 from fastswitch.apps import event_callback
@@ -21,27 +20,6 @@ from fastswitch.originator import STOPPED
 from fastswitch.sim import SimConfig, SimServer
 
 pytestmark = pytest.mark.timeout(90)
-
-
-def free_port() -> int:
-    """A TCP port free on the loopback right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float, period: float = 0.05) -> bool:
-    """Poll ``predicate`` until true (True) or ``timeout`` seconds pass (False)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(period)
-    return True
-
-
-def shm_exists(name: str) -> bool:
-    return os.path.exists("/dev/shm/" + name.lstrip("/"))
 
 
 @pytest.fixture(scope="module")

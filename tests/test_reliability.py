@@ -14,7 +14,6 @@ import asyncio
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from support import free_port, wait_for
 
 from fastswitch import control as C
 from fastswitch import get_originator
@@ -35,23 +35,6 @@ from fastswitch.sim import SimConfig, SimServer
 pytestmark = pytest.mark.timeout(60)
 
 FAST = dict(heartbeat_interval=0.0, sps=20000, max_sessions=20000)
-
-
-def free_port() -> int:
-    """A TCP port free on the loopback right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float, period: float = 0.05) -> bool:
-    """Poll ``predicate`` until true (True) or ``timeout`` seconds pass (False)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(period)
-    return True
 
 
 def api(address: tuple[str, int], cmd: str) -> str:

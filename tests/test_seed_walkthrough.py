@@ -8,46 +8,14 @@ from __future__ import annotations
 import logging
 import os
 import re
-import time
 
 import pytest
+from support import SEED_CDR_COLUMNS, shm_exists, wait_for
 
 from fastswitch import ConfigurationError, get_originator
 from fastswitch.sim import SimConfig, SimServer
 
 pytestmark = pytest.mark.timeout(90)
-
-
-def wait_for(predicate, timeout: float, period: float = 0.05) -> bool:
-    """Poll ``predicate`` until true (True) or ``timeout`` seconds pass (False)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(period)
-    return True
-
-
-def shm_exists(name: str) -> bool:
-    return os.path.exists("/dev/shm/" + name.lstrip("/"))
-
-
-SEED_CDR_COLUMNS = [
-    "fastswitch_app",
-    "hangup_cause",
-    "caller_create",
-    "caller_answer",
-    "caller_req_originate",
-    "caller_originate",
-    "caller_hangup",
-    "job_launch",
-    "callee_create",
-    "callee_answer",
-    "callee_hangup",
-    "failed_calls",
-    "active_sessions",
-    "erlangs",
-]
 
 
 @pytest.fixture(scope="module")
