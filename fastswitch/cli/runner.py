@@ -53,17 +53,15 @@ def read_totals(orig: Any) -> Totals:
         active=int(st["active"]),
         causes=dict(orig.failures),
     )
-    cb = getattr(orig, "_cb", None)  # per-slave counters: the shared control block
-    if cb is not None and not getattr(orig, "_closed", False):
-        for client in orig.pool.clients:
-            c = cb.counters(client.index)
+    if orig.is_alive():  # per-slave live counters (none once shut down)
+        for row in orig.slave_stats():
             tot.slaves.append(
                 SlaveStats(
-                    name=f"{client.host}:{client.port}",
-                    offered=int(c["originated"]),
-                    answered=int(c["answered"]),
-                    failed=int(c["failed"]),
-                    active=int(c["active"]),
+                    name=row["slave"],
+                    offered=int(row["originated"]),
+                    answered=int(row["answered"]),
+                    failed=int(row["failed"]),
+                    active=int(row["active"]),
                 )
             )
     return tot
