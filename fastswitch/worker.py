@@ -378,9 +378,11 @@ class Worker:
                 self._gen = gen
                 self._rate = rate
                 self._anchor(now)
+                self._record_counters()
             elif rate != self._rate:  # new rate: keep the phase, next call 1/rate after the last
                 self._rate = rate
                 self._anchor(max(now, self._last_sent + 1.0 / rate) if rate > 0 else now)
+                self._record_counters()
             client = self.client
             # a full socket buffer (the slave stopped reading) holds offers back; the
             # rate clock keeps running and catches up (at most a second) once it drains
@@ -640,9 +642,15 @@ class Worker:
             d[b + C.W_SHEDS] = self.sheds
 
     def _per_second(self) -> None:
-        d, b = self.d, self.b
-        if d is None:
+        if self.d is None:
             return
+        self._record_counters()
+        self._sec_handle = self.loop.call_later(1.0, self._per_second)
+
+    def _record_counters(self) -> None:
+        """One counters row (every second, and at once when offering starts or the rate
+        share changes, so the run's target line steps where the setting changed)."""
+        d, b = self.d, self.b
         try:
             self.counter_writer.record(
                 offered=self.originated,
@@ -655,7 +663,6 @@ class Worker:
             )
         except Exception:
             self.log.exception("writing the counters failed")
-        self._sec_handle = self.loop.call_later(1.0, self._per_second)
 
     # -- tear-down ------------------------------------------------------------------------------
     async def _close(self) -> None:

@@ -130,3 +130,14 @@ def test_report_of_the_finished_run(finished_run, tmp_path):
     assert "data:image/png;base64," in page
     settings = load_run(run_dir).settings
     assert settings["initial"].get("rate") == 30
+
+
+def test_target_rate_over_time_from_the_first_second(finished_run):
+    """The workers record their counters when offering starts, so the target line of the
+    run's plot is the set rate from its first second on (not 0 until the first per-second
+    sample)."""
+    run_dir, _, _, _ = finished_run
+    ot = load_run(run_dir).summary()["rate"]["over_time"]
+    assert len(ot) >= 2  # 60 calls at 30/s: two seconds of offering
+    assert [e["target"] for e in ot] == [30.0] * len(ot)
+    assert sum(e["achieved"] for e in ot) == CALLS
