@@ -33,12 +33,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _support import save_results
 
 Stream = Any  # benchmarks/conftest.py's Stream (not imported: two conftest modules exist)
 
 XVAR = "variable_sip_h_X-originating_session_uuid"
 STREAMS = ["e_burst20_plain", "q_load_minimal", "generated"]
-RESULTS = Path(__file__).resolve().parent / "results"
 
 # ---------------------------------------------------------------------------------------
 # the parsers under test: each returns the number of events it saw
@@ -473,11 +473,12 @@ def test_genesis(benchmark: Any, streams: dict[str, Stream], quick: bool, stream
     _bench(benchmark, s, "genesis", lambda: run_genesis(s), _rounds(quick, True, s), None, 3)
 
 
-def test_report(streams: dict[str, Stream]) -> None:
-    """Ratios of everything measured in this run; written to benchmarks/results/."""
+def test_report(streams: dict[str, Stream], quick: bool) -> None:
+    """Ratios of everything measured in this run; written to benchmarks/results/ with the
+    machine's description (``parser-<time>.json``)."""
     if not _MEDIANS:
         pytest.skip("no benchmark ran")
-    report: dict[str, Any] = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    report: dict[str, Any] = {}
     for name in STREAMS:
         s = streams[name]
         rows = {}
@@ -498,8 +499,7 @@ def test_report(streams: dict[str, Stream]) -> None:
                 row["x_switchio"] = round(sw / med, 1)
             rows[label] = row
         report[name] = {"events": s.events, "bytes": s.nbytes, "parsers": rows}
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"parser-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}.json"
-    out.write_text(json.dumps(report, indent=1))
-    print("\n" + json.dumps(report, indent=1))
+    report["targets"] = {"x_floor": 0.5, "x_switchio": 25.0}
+    out = save_results("parser", report, quick)
+    print("\n" + json.dumps(report, indent=1) + f"\nparser results: {out}")
     assert any(("cython", n) in _MEDIANS for n in STREAMS)
