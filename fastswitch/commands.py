@@ -10,10 +10,14 @@ the captures k-s::
 
     originate {origination_uuid=U,fastswitch_client=app1,sip_h_X-fastswitch_client=app1,
     sip_h_X-originating_session_uuid=U,originate_timeout=60,
-    originate_caller_id_name=Mr_fastswitch,absolute_codec_string=PCMU}
+    origination_caller_id_name=Mr_fastswitch,absolute_codec_string=PCMU}
     sofia/external/ctl@127.0.0.1:5080 &park()
 
-(one line, no spaces inside the braces).
+(one line, no spaces inside the braces). The caller-id name goes in
+``origination_caller_id_name``, the variable FreeSWITCH applies to the new channel; the
+seed's (switchio's) ``originate_caller_id_name`` is accepted by FreeSWITCH but has no
+effect: in capture k it shows up only as ``variable_originate_caller_id_name`` while every
+``Caller-Caller-ID-Name`` stays ``0000000000``.
 """
 
 from __future__ import annotations
@@ -77,7 +81,7 @@ def build_originate_cmd(
       is then the extension).
     - ``proxy``: route the INVITE through ``sip:<proxy>`` (``;fs_path=sip:<proxy>``) while
       keeping the request URI.
-    - ``timeout``: ``originate_timeout`` seconds; ``caller_id``: ``originate_caller_id_name``.
+    - ``timeout``: ``originate_timeout`` seconds; ``caller_id``: ``origination_caller_id_name``.
     - ``codec`` / ``abs_codec``: ``absolute_codec_string`` is ``abs_codec`` if given, else
       ``codec`` (an empty value leaves the variable out).
     - ``xheaders``: extra SIP headers, ``{'Foo': 1}`` -> ``sip_h_X-Foo=1`` (a name already
@@ -98,7 +102,7 @@ def build_originate_cmd(
         f"sip_h_X-{cvar}": "{app_id}",
         ORIGINATING_SESSION_VAR: uuid_val,
         "originate_timeout": str(int(timeout)),
-        "originate_caller_id_name": quote_value(caller_id),
+        "origination_caller_id_name": quote_value(caller_id),
     }
     acs = abs_codec or codec
     if acs:

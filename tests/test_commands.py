@@ -28,6 +28,8 @@ def captured_originates(captures_dir: Path, name: str) -> list[str]:
     "capture", ["k_ctl_answer", "l_ctl_respond404", "m_ctl_ringready", "o_hupall_by_var"]
 )
 def test_default_command_is_the_captured_one(captures_dir, capture):
+    """The command FreeSWITCH accepted in the captures, but for the caller-id name variable
+    (see test_captured_caller_id_name_variable_had_no_effect)."""
     cmds = captured_originates(captures_dir, capture)
     assert cmds
     for cmd in cmds:
@@ -35,7 +37,20 @@ def test_default_command_is_the_captured_one(captures_dir, capture):
         assert m, cmd
         dest = re.search(r"sofia/external/(\S+) &park\(\)$", cmd).group(1)
         template = build_originate_cmd(dest)
-        assert template.format(uuid_str=m.group(1), app_id=m.group(2)) == cmd
+        fixed = cmd.replace("originate_caller_id_name=", "origination_caller_id_name=")
+        assert fixed != cmd
+        assert template.format(uuid_str=m.group(1), app_id=m.group(2)) == fixed
+
+
+def test_captured_caller_id_name_variable_had_no_effect(captures_dir):
+    """Why the name goes in ``origination_caller_id_name``: the captures' commands set
+    ``originate_caller_id_name=Mr_fastswitch``, and FreeSWITCH kept it as a plain variable
+    while no channel took the name."""
+    raw = (captures_dir / "k_ctl_answer.bin").read_bytes()
+    assert b"variable_originate_caller_id_name: Mr_fastswitch" in raw
+    assert b"Caller-Caller-ID-Name: Mr_fastswitch" not in raw
+    names = set(re.findall(rb"\nCaller-Caller-ID-Name: ([^\n]*)", raw))
+    assert names and b"Mr_fastswitch" not in names
 
 
 def test_template_keeps_placeholders_and_doubles_braces():
@@ -83,7 +98,7 @@ def test_xheaders_kwargs_and_quoting():
         origination_caller_id_number="{call_index}",
         absolute_codec_string="PCMU,PCMA",
     ).format(uuid_str="U", app_id="A", call_index="77")
-    assert "originate_caller_id_name='Load Test'" in r
+    assert "origination_caller_id_name='Load Test'" in r
     assert "sip_h_X-Foo=bar" in r and "sip_h_X-Raw=1" in r
     assert "execute_on_answer='sched_hangup +2'" in r
     assert "origination_caller_id_number=77" in r
