@@ -279,6 +279,13 @@ class Session:
         """Set a channel variable (``uuid_setvar``)."""
         return self._api(f"uuid_setvar {self.uuid} {name} {value}")
 
+    def setvars(self, variables: dict[str, Any]) -> asyncio.Future:
+        """Set several channel variables in one command (``uuid_setvar_multi``); names
+        and values may not contain ``;``, ``=`` or spaces."""
+        return self._api(
+            f"uuid_setvar_multi {self.uuid} " + ";".join(f"{k}={v}" for k, v in variables.items())
+        )
+
     async def getvar(self, name: str) -> str | None:
         """Read a channel variable from FreeSWITCH (``uuid_getvar``); None when unset."""
         value = (await self._client().api(f"uuid_getvar {self.uuid} {name}")).rstrip("\n")

@@ -52,6 +52,7 @@ import cloudpickle
 
 from fastswitch import control as C
 from fastswitch._spawn import main_hidden
+from fastswitch.commands import client_var
 from fastswitch.control import INITIAL, ORIGINATING, STATE_NAMES, STOPPED, ControlBlock
 from fastswitch.errors import ConfigurationError, ConnectError, FastSwitchError
 from fastswitch.log import LogBridge, ensure_default_handler, get_logger
@@ -244,6 +245,10 @@ class Originator:
         self._log_queue = self._ctx.Queue()
         self._bridge = LogBridge(self._log_queue)
         self._bridge.start()
+        #: the channel variable carrying our app ids (``var_prefix`` of client_options)
+        self._client_var = client_var(
+            worker_options.get("client_options", {}).get("var_prefix", "fastswitch")
+        )
         self._worker_options = dict(
             worker_options, event_format=event_format, connect_timeout=connect_timeout
         )
@@ -314,7 +319,7 @@ class Originator:
             # calls the dead incarnation left on the slave have no hold timer any more:
             # end them (A-legs only: B-legs of other workers' calls are not ours to end)
             try:
-                handle.api(f"hupall NORMAL_CLEARING fastswitch_client {app_id}")
+                handle.api(f"hupall NORMAL_CLEARING {self._client_var} {app_id}")
             except Exception as exc:
                 self.log.warning(
                     "could not clear orphaned calls on %s:%d: %s", handle.host, handle.port, exc
@@ -875,7 +880,7 @@ class Originator:
                 )
         if self._state == ORIGINATING:
             return
-        self.log.info("starting originate loops")
+        self.log.info("starting loop thread")  # the seed's words: each worker's loop resumes
         self._hupall_waiting = False
         self._write_settings(only=("apps", "originate_cmd"))
         self._rebalance(force=True)
@@ -887,13 +892,16 @@ class Originator:
         if self._state == ORIGINATING:
             self._set_state(STOPPED)
             self.log.info("stopping burst loop...")
+            self.log.info("Waiting for start command...")
 
     def hupall(self, cause: str = "NORMAL_CLEARING") -> None:
         """Stop, then hang up every call this originator made (their A-legs, by app id)."""
         self._check_open()
         self.log.warning("Stopping all calls with hupall!")
-        self._set_state(STOPPED)
-        self.log.info("stopping burst loop...")
+        if self._state == ORIGINATING:  # as in the seed: only a running loop is stopped
+            self._set_state(STOPPED)
+            self.log.info("stopping burst loop...")
+            self.log.info("Waiting for start command...")
         self._hupall_waiting = True
         self._each_worker(lambda h: h.hupall(cause))
 

@@ -42,6 +42,7 @@ import traceback
 from typing import Any
 
 from fastswitch import control as C
+from fastswitch.commands import client_var
 from fastswitch.control import ORIGINATING, ControlBlock, cause_index
 from fastswitch.models import error_cause
 
@@ -134,6 +135,8 @@ class Worker:
         self._warned_lag = 0.0
         self._dispatch = self.listener.dispatch
         self._holds: dict[int, list[str]] = {}  # hold-timer slot -> A-leg uuids to hang up
+        #: (duration, rate share, limit share) last passed to the apps' hooks
+        self._app_settings: tuple[float, float, float] | None = None
         # faults and shedding
         self.lost = 0  # calls completed as lost (the connection dropped)
         self.disconnects = 0
@@ -228,10 +231,9 @@ class Worker:
             self.log.warning(
                 "reconnected to %s:%d; clearing the calls left over", self.host, self.port
             )
+            cvar = client_var(client.var_prefix)
             for app_id in client.apps.apps:
-                fut = client.api(
-                    f"hupall NORMAL_CLEARING fastswitch_client {app_id}", errcheck=False
-                )
+                fut = client.api(f"hupall NORMAL_CLEARING {cvar} {app_id}", errcheck=False)
                 fut.add_done_callback(_ignore)
         self._connected_at = time.time()
         self.d[self.b + C.W_CONNECTED] = 1.0
@@ -331,7 +333,10 @@ class Worker:
 
             _, blob, app_id, ppkwargs, weight = msg
             app = cloudpickle.loads(blob)
-            return client.load_app(app, app_id=app_id, ppkwargs=ppkwargs, weight=weight)
+            loaded = client.load_app(app, app_id=app_id, ppkwargs=ppkwargs, weight=weight)
+            self._app_settings = None
+            self._apply_app_settings()
+            return loaded
         if kind == "unload_app":
             client.unload_app(msg[1])
             return None
@@ -469,16 +474,29 @@ class Worker:
         if name == "CHANNEL_ANSWER":
             if obj.direction == "outbound" and not obj.call.remote:
                 self.answered += 1
-                dur = self.d[C.H_DURATION]
-                if 0 < dur < math.inf:
-                    # O(1): the call joins the 5 ms slot its hangup falls in
-                    key = math.ceil((self.loop.time() + dur) / _HOLD_SLOT)
-                    slot = self._holds.get(key)
-                    if slot is None:
-                        slot = self._holds[key] = []
-                        self.loop.call_at(key * _HOLD_SLOT, self._hold_expired, key)
-                    slot.append(obj.uuid)  # not the Session: an ended call is freed at once
+                self._hold(obj.uuid)
+        elif name == "BACKGROUND_JOB" and not obj.failed:
+            # the originate succeeded without an answer (the callee sent early media, 183):
+            # the call is established all the same, so its hold time starts now; without
+            # this, a call ringing forever on early media would hold a limit slot forever
+            call = obj.call
+            if call is not None and not call.remote:
+                caller = call.caller
+                if caller is not None and not caller.answered and not caller.hungup:
+                    self._hold(caller.uuid)
         self._dispatch(name, app_id, obj)
+
+    def _hold(self, uuid: str) -> None:
+        """Hang up A-leg ``uuid`` once the call's duration has passed (O(1): the call joins
+        the 5 ms slot its hangup falls in)."""
+        dur = self.d[C.H_DURATION]
+        if 0 < dur < math.inf:
+            key = math.ceil((self.loop.time() + dur) / _HOLD_SLOT)
+            slot = self._holds.get(key)
+            if slot is None:
+                slot = self._holds[key] = []
+                self.loop.call_at(key * _HOLD_SLOT, self._hold_expired, key)
+            slot.append(uuid)  # not the Session: an ended call is freed at once
 
     def _hold_expired(self, key: int) -> None:
         """Hang up the A-legs whose hold time ended in this slot (at most 5 ms late)."""
@@ -562,10 +580,22 @@ class Worker:
         d[b + C.W_LOST] = self.lost
         if self.shed_after > 0 or self.shed_lag > 0:
             self._check_shedding()
+        self._apply_app_settings()
         w = self.cdr_writer
         if w is not None:
             w.maybe_flush()
         self._hb_handle = self.loop.call_later(_HEARTBEAT_PERIOD, self._heartbeat)
+
+    def _apply_app_settings(self) -> None:
+        """Pass changed load settings to the apps' switchio hooks (within a heartbeat)."""
+        d, b = self.d, self.b
+        if d is None:
+            return
+        settings = (d[C.H_DURATION], d[b + C.W_RATE], d[b + C.W_LIMIT])
+        if settings != self._app_settings:
+            self._app_settings = settings
+            duration, rate, limit = settings
+            self.client.apps.apply_settings(rate, limit, duration)
 
     def _check_shedding(self) -> None:
         """Shed load (offer no new calls on this slave) while our event stream stalls or

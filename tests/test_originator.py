@@ -179,6 +179,94 @@ def test_hold_time_counts_from_answer(slaves, make):
     assert set(df["hangup_cause"]) == {"NORMAL_CLEARING"}
 
 
+def test_early_media_call_ends_at_its_hold_time(slaves, make):
+    """A callee that only sends early media (183, ``pre_answer``) never answers, yet the
+    originate succeeds: the hold time then counts from that success, so such calls end and
+    free their limit slot instead of ringing forever."""
+
+    class EarlyMedia:  # no hooks, no timers of its own: only the worker can end the call
+        @event_callback("CHANNEL_PARK")
+        def on_park(self, sess):
+            if sess.direction == "inbound" and not sess.answered:
+                sess.execute("pre_answer")
+
+    (s0, c0), _, _ = slaves
+    o = make([s0.address], rate=20, limit=100, max_sessions=4, duration=1.0)
+    o.pool.clients[0].set_orig_cmd(_dest(c0, "ctl"))
+    o.load_app(EarlyMedia)
+    o.start()
+    assert o.waitforstate(STOPPED, timeout=10)
+    assert o.waitwhile(lambda: o.count_calls() > 0, timeout=10), repr(o)
+    df = _cdr(o)
+    assert len(df) == 4
+    assert df["caller_answer"].isna().all()  # never answered
+    assert (df["job_result"].str.startswith("+OK")).all(), df["job_result"].tolist()
+    held = df["caller_hangup"] - df["job_launch"]
+    assert (held >= 0.95).all() and (held < 5).all(), held.tolist()
+
+
+def test_apps_get_the_settings_hooks(slaves, make, tmp_path):
+    """switchio's app hooks: ``__setduration__``, ``__setrate__`` and ``__setlimit__`` are
+    called in the worker when the app is loaded and when the settings change while running
+    (rate and limit: this slave's share)."""
+    (s0, c0), (s1, c1), _ = slaves
+    seen = tmp_path / "hooks.txt"
+
+    class Recorder(Park):
+        def __setduration__(self, value):
+            with open(seen, "a") as f:
+                f.write(f"duration {value}\n")
+
+        def __setrate__(self, value):
+            with open(seen, "a") as f:
+                f.write(f"rate {value}\n")
+
+        def __setlimit__(self, value):
+            with open(seen, "a") as f:
+                f.write(f"limit {value}\n")
+
+    def lines() -> set[str]:
+        return set(seen.read_text().splitlines()) if seen.exists() else set()
+
+    o = make([s0.address, s1.address], rate=10, limit=40, duration=3.0)
+    o.pool.evals("client.set_orig_cmd(dest)", dest=_dest(c0))
+    o.load_app(Recorder)
+    assert wait_for(lambda: "duration 3.0" in lines(), 5), lines()
+    o.start()
+    assert wait_for(lambda: {"rate 5.0", "limit 20.0"} <= lines(), 5), lines()
+    o.rate, o.limit, o.duration = 30, 100, 2.0
+    assert wait_for(lambda: {"rate 15.0", "limit 50.0", "duration 2.0"} <= lines(), 5), lines()
+    o.hupall()
+
+
+def test_ringback_callee_follows_the_duration(slaves, make):
+    """CalleeRingback without ``callee_hup_after``: the ringing callee hangs up after the
+    Originator's duration (switchio's ``__setduration__``); a given value wins."""
+    from fastswitch.apps.blockers import CalleeRingback
+
+    app = CalleeRingback()
+    app.__setduration__(7.5)
+    assert app.callee_hup_after == 7.5
+    app.prepost(None, None, callee_hup_after=2)
+    app.__setduration__(30)
+    assert app.callee_hup_after == 2.0
+    app.__setduration__(math.inf)
+    assert app.caller_hup_after == math.inf
+
+    (s0, c0), _, _ = slaves
+    o = make([s0.address], rate=20, limit=100, max_sessions=3, duration=1.0)
+    o.pool.clients[0].set_orig_cmd(_dest(c0, "ctl"))
+    o.load_app(CalleeRingback, ppkwargs={"ring_response": "ring_ready"})
+    o.start()
+    assert o.waitforstate(STOPPED, timeout=10)
+    # ring_ready (180) never completes the originate: only the callee's hangup ends it
+    assert o.waitwhile(lambda: o.count_calls() > 0, timeout=10), repr(o)
+    df = _cdr(o)
+    assert len(df) == 3
+    rang = df["callee_hangup"] - df["callee_create"]
+    assert (rang >= 0.9).all() and (rang < 5).all(), rang.tolist()
+
+
 def test_app_weights_mix(slaves, make):
     (s0, c0), (s1, c1), _ = slaves
     from fastswitch.apps.bert import Bert
@@ -429,6 +517,35 @@ def test_bert_fails_calls_that_lose_sync(slaves, make):
     assert df["caller_answer"].notna().all() and df["callee_answer"].notna().all()
     assert (df["caller_hangup"] - df["caller_answer"] < 5).all()
     assert o.failures == {"MEDIA_TIMEOUT": 4}
+
+
+def test_bert_settings_reach_the_legs(slaves, make):
+    """Bert's switchio settings: the callee rings (``ring_response``) for ``prd`` seconds
+    before answering, and mod_bert variables given as keywords are set on the legs: with
+    ``bert_timeout_ms=500`` and a sync that takes 3 s, mod_bert times out."""
+    (s0, c0), _, _ = slaves
+    from fastswitch.apps.bert import Bert
+
+    o = make([s0.address], rate=20, limit=10, max_sessions=3, duration=8)
+    client = o.pool.clients[0]
+    client.set_orig_cmd(_dest(c0, "ctl"))
+    client.api("sim bert_sync_delay 3.0")
+    try:
+        o.load_app(
+            Bert, ppkwargs={"ring_response": "ring_ready", "prd": 0.4, "bert_timeout_ms": 500}
+        )
+        o.start()
+        assert o.waitforstate("STOPPED", timeout=10)
+        assert o.waitwhile(timeout=10)  # well before the 8 s hold time
+    finally:
+        client.api("sim bert_sync_delay 1.0")
+    df = _cdr(o)
+    assert len(df) == 3
+    assert set(df["app_verdict"]) == {"bert timeout"}
+    assert ((df["callee_answer"] - df["callee_create"]) >= 0.35).all()
+    assert ((df["caller_hangup"] - df["caller_answer"]) < 3).all()
+    with pytest.raises(ValueError, match="ring_response"):
+        Bert().prepost(None, None, ring_response="answer")
 
 
 def test_slave_connection_drop_recovers(slaves, make, caplog):

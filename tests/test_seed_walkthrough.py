@@ -6,7 +6,6 @@ order, against one simulated slave: every call the document shows, with package
 from __future__ import annotations
 
 import logging
-import os
 import re
 
 import pytest
@@ -88,7 +87,10 @@ def test_seed_walkthrough(slave, caplog, tmp_path):
         # >>> originator.start()  -- State Change logged
         caplog.clear()
         originator.start()
-        assert "State Change: 'INITIAL' -> 'ORIGINATING'" in _messages(caplog, logging.INFO)
+        info = _messages(caplog, logging.INFO)
+        assert info.index("starting loop thread") < info.index(
+            "State Change: 'INITIAL' -> 'ORIGINATING'"
+        )
         rec = next(r for r in caplog.records if r.getMessage().startswith("State Change"))
         assert rec.hosts == f"[{host!r}]"
 
@@ -132,21 +134,27 @@ def test_seed_walkthrough(slave, caplog, tmp_path):
         msgs = _messages(caplog)
         assert "Stopping all calls with hupall!" in _messages(caplog, logging.WARNING)
         assert "State Change: 'ORIGINATING' -> 'STOPPED'" in msgs
-        assert msgs.index("Stopping all calls with hupall!") < msgs.index(
-            "State Change: 'ORIGINATING' -> 'STOPPED'"
-        )
+        seed_order = [
+            "Stopping all calls with hupall!",
+            "State Change: 'ORIGINATING' -> 'STOPPED'",
+            "stopping burst loop...",
+            "Waiting for start command...",
+        ]
+        assert [msgs.index(m) for m in seed_order] == sorted(msgs.index(m) for m in seed_order)
         assert wait_for(lambda: "all sessions have ended..." in _messages(caplog), 15)
         assert originator.count_calls() == 0
         assert originator.state == "STOPPED"
-        # calls still ringing when hupall hit fail with NORMAL_CLEARING, logged in the seed's words
-        for m in _messages(caplog, logging.ERROR):
-            if m.startswith("Job '"):
-                assert re.fullmatch(
-                    r"Job '[0-9a-f-]+' corresponding to session '[0-9a-f-]+' failed with:\n-ERR \w+",
-                    m,
-                ), m
+        # calls still ringing when hupall hit fail with NORMAL_CLEARING, each logged in the
+        # seed's words (one message per failed job)
+        jobs = [m for m in _messages(caplog, logging.ERROR) if m.startswith("Job '")]
+        for m in jobs:
+            assert re.fullmatch(
+                r"Job '[0-9a-f-]+' corresponding to session '[0-9a-f-]+' failed with:\n-ERR \w+",
+                m,
+            ), m
         failures = originator.failures
         assert set(failures) <= {"NORMAL_CLEARING"}
+        assert len(jobs) == sum(failures.values())
 
         # >>> orig.measurers.stores.CDR
         df = originator.measurers.stores.CDR
@@ -184,6 +192,25 @@ def test_seed_weights_example(slave, tmp_path):
         originator.load_app(CalleeBlockonInvite, ppkwargs={"response": 404}, weight=33)
         originator.load_app(Bert, weight=34)
         assert originator.apps == {"CalleeRingback": 33, "CalleeBlockOnInvite": 33, "Bert": 34}
-        assert os.path.isdir(tmp_path)
+
+        # run the mix: a destination the simulator parks unanswered leaves each call to its app
+        originator.pool.clients[0].set_orig_cmd(f"callee@{cfg.sip_host}:{cfg.sip_port}")
+        originator.rate, originator.limit, originator.max_sessions = 30, 100, 30
+        originator.duration = 6  # the ringing callee would hang up then: the caller is first
+        originator.start()
+        assert originator.waitforstate("STOPPED", timeout=10)
+        assert originator.waitwhile(lambda: originator.count_calls() > 0, timeout=15)
+        df = originator.measurers.stores.CDR
+        df = df[df["row_kind"] == "call"]
+        assert len(df) == 30
+        by_app = {name: g for name, g in df.groupby("fastswitch_app")}
+        assert set(by_app) == {"CalleeRingback", "CalleeBlockOnInvite", "Bert"}
+        # 404 -> UNALLOCATED_NUMBER; the ringing caller hangs up after 5 s; Bert answers
+        assert set(by_app["CalleeBlockOnInvite"]["hangup_cause"]) == {"UNALLOCATED_NUMBER"}
+        ring = by_app["CalleeRingback"]
+        assert ring["caller_answer"].isna().all()
+        rang = ring["caller_hangup"] - ring["caller_create"]
+        assert ((rang >= 4.9) & (rang < 5.9)).all(), rang.tolist()
+        assert by_app["Bert"]["caller_answer"].notna().all()
     finally:
         originator.shutdown()

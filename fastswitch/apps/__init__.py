@@ -11,7 +11,9 @@ logged with its traceback and dispatch goes on.
 
 Optional ``prepost(self, client, listener, **ppkwargs)`` runs when the app is loaded;
 if it is a generator, the code after its (single) ``yield`` runs when the app is
-unloaded.
+unloaded. Optional ``__setduration__(seconds)``, ``__setrate__(cps)`` and
+``__setlimit__(calls)`` (switchio's hooks) are called in each worker when the app is
+loaded and whenever the Originator's settings change (rate and limit: the worker's share).
 
 Each loaded app has an *app id*; every call carries the id of the app that owns it (A-leg
 variable ``fastswitch_client``, B-leg ``variable_sip_h_X-fastswitch_client``), and only
@@ -188,6 +190,25 @@ class AppRegistry:
             else:
                 log.warning("prepost of app %r yielded more than once", app_id)
         return loaded
+
+    def apply_settings(self, rate: float, limit: float, duration: float) -> None:
+        """Tell every loaded app the load settings through switchio's hooks, where it has
+        them: ``__setduration__(duration)``, ``__setrate__(rate)``, ``__setlimit__(limit)``
+        (``rate`` and ``limit`` are this slave's shares). A hook that raises is logged."""
+        for loaded in self.apps.values():
+            app = loaded.app
+            for hook, value in (
+                ("__setduration__", duration),
+                ("__setrate__", rate),
+                ("__setlimit__", limit),
+            ):
+                fn = getattr(app, hook, None)
+                if fn is None:
+                    continue
+                try:
+                    fn(value)
+                except Exception:
+                    log.exception("%s(%r) of app %r failed", hook, value, loaded.app_id)
 
     def unload_all(self) -> None:
         """Unload every app (teardowns in reverse load order)."""

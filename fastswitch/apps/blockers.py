@@ -40,35 +40,48 @@ def _kill(sess: Any, cause: str) -> None:
 class CalleeRingback:
     """The callee rings (``ring_response``) and never answers; the caller hangs up after
     ``caller_hup_after`` seconds (from its CHANNEL_CREATE), the callee after
-    ``callee_hup_after`` seconds (inf: never) from its CHANNEL_PARK."""
+    ``callee_hup_after`` seconds from its CHANNEL_PARK. Unless ``callee_hup_after`` is
+    given, it follows the Originator's ``duration`` (switchio's ``__setduration__``), so a
+    ringing call ends after the hold time an answered one would have."""
 
     def __init__(
         self,
         caller_hup_after: float = math.inf,
         ring_response: str = "pre_answer",
-        callee_hup_after: float = math.inf,
+        callee_hup_after: float | None = None,
     ) -> None:
+        self.duration = math.inf
         self.configure(caller_hup_after, ring_response, callee_hup_after)
 
     def configure(
-        self, caller_hup_after: float, ring_response: str, callee_hup_after: float
+        self, caller_hup_after: float, ring_response: str, callee_hup_after: float | None
     ) -> None:
         if ring_response not in _RING_RESPONSES:
             raise ValueError(
                 f"ring_response must be one of {_RING_RESPONSES}, got {ring_response!r}"
             )
         self.caller_hup_after = float(caller_hup_after)
-        self.callee_hup_after = float(callee_hup_after)
+        self._callee_hup_given = callee_hup_after is not None
+        self.callee_hup_after = (
+            float(callee_hup_after) if callee_hup_after is not None else self.duration
+        )
         self.ring_response = ring_response
 
     def prepost(self, client: Any, listener: Any = None, **kwargs: Any) -> None:
         self.configure(
             kwargs.pop("caller_hup_after", self.caller_hup_after),
             kwargs.pop("ring_response", self.ring_response),
-            kwargs.pop("callee_hup_after", self.callee_hup_after),
+            kwargs.pop(
+                "callee_hup_after", self.callee_hup_after if self._callee_hup_given else None
+            ),
         )
         if kwargs:
             raise TypeError(f"CalleeRingback got unexpected settings {sorted(kwargs)}")
+
+    def __setduration__(self, value: float) -> None:
+        self.duration = value if 0 < value < math.inf else math.inf
+        if not self._callee_hup_given:
+            self.callee_hup_after = self.duration
 
     @event_callback("CHANNEL_CREATE")
     def on_create(self, sess: Any) -> None:
