@@ -68,11 +68,19 @@ def _machine(d: dict[str, Any], path: Path) -> str:
     )
 
 
-def engine_section(path: Path, d: dict[str, Any]) -> list[str]:
+def engine_targets(d: dict[str, Any]) -> tuple[float, float, float]:
+    """Issue 8's engine targets as the result file records them: calls/s per worker,
+    worker µs per call, bytes per active call."""
     t = d.get("targets", {})
-    tr = t.get("rate_per_worker", 2000)
-    tus = t.get("worker_us_per_call", 300)
-    tb = t.get("bytes_per_active_call", 4096)
+    return (
+        t.get("rate_per_worker", 2000),
+        t.get("worker_us_per_call", 300),
+        t.get("bytes_per_active_call", 4096),
+    )
+
+
+def engine_section(path: Path, d: dict[str, Any]) -> list[str]:
+    tr, tus, tb = engine_targets(d)
     out = ["### Engine (Originator → simulated slaves)", "", _machine(d, path), ""]
     if d.get("rate_search_from"):
         out += [f"(rate search from `{d['rate_search_from']}`, same mode)", ""]
@@ -327,10 +335,7 @@ def headline(found: dict[str, tuple[Path, dict[str, Any]]]) -> str:
             )
     if "engine" in found:
         d = found["engine"][1]
-        t = d.get("targets", {})
-        tr = t.get("rate_per_worker", 2000)
-        tus = t.get("worker_us_per_call", 300)
-        tb = t.get("bytes_per_active_call", 4096)
+        tr, tus, tb = engine_targets(d)
         one = d.get("rate_search", {}).get("1")
         if one:
             rows += [
