@@ -832,16 +832,18 @@ def call_metrics(
 
 
 def _percentiles(values: np.ndarray) -> dict[str, float | int | None]:
-    """count, mean, p50, p90, p99, max of the finite values (numpy's linear interpolation)."""
+    """count, mean, p50, p90, p95, p99, max of the finite values (numpy's linear
+    interpolation)."""
     v = values[np.isfinite(values)]
     if v.size == 0:
-        return {"count": 0, "mean": None, "p50": None, "p90": None, "p99": None, "max": None}
-    p50, p90, p99 = np.percentile(v, [50, 90, 99])
+        return {"count": 0, **dict.fromkeys(("mean", "p50", "p90", "p95", "p99", "max"))}
+    p50, p90, p95, p99 = np.percentile(v, [50, 90, 95, 99])
     return {
         "count": int(v.size),
         "mean": float(v.mean()),
         "p50": float(p50),
         "p90": float(p90),
+        "p95": float(p95),
         "p99": float(p99),
         "max": float(v.max()),
     }
@@ -924,6 +926,44 @@ def _counter_sums(counters: pa.Table, name: str, at: np.ndarray) -> np.ndarray:
 _UNLIMITED = 1e15
 
 
+def _average_target(
+    counters: pa.Table,
+    settings: Mapping[str, Any],
+    target: Any,
+    start: float | None,
+    end: float | None,
+) -> float | None:
+    """The time-weighted average of the rate target over ``[start, end]``.
+
+    The target is a step function: it changes only at a worker's counter sample or at a
+    change of the ``rate`` setting, so it is evaluated at each such instant inside the span
+    (and at ``start``) and integrated exactly. Stretches with no known target are left out;
+    None when the target is never known. A span of 0 gives the target at ``start``."""
+    if start is None or end is None:
+        return None
+    cuts = [start]
+    if counters.num_rows:
+        t = _f64(counters, "time")
+        cuts.extend(t[(t > start) & (t < end)].tolist())
+    for ch in settings.get("changes", ()):
+        ct = ch.get("time")
+        if ch.get("setting") == "rate" and isinstance(ct, int | float) and start < ct < end:
+            cuts.append(float(ct))
+    at = np.unique(np.asarray(cuts, dtype=float))
+    sums = _counter_sums(counters, "rate_target", at)
+    values = [target("rate", sums[k], float(at[k])) for k in range(at.size)]
+    if end <= start:
+        v = values[0]
+        return float(v) if isinstance(v, int | float) else None
+    widths = np.diff(np.append(at, end))
+    total = weight = 0.0
+    for v, w in zip(values, widths, strict=True):
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            total += float(v) * w
+            weight += w
+    return total / weight if weight > 0 else None
+
+
 def summarize(
     table: pa.Table,
     counters: pa.Table | None = None,
@@ -945,17 +985,22 @@ def summarize(
       (settings.json ``totals``, None while the run is going on). A run that ended cleanly
       has ``offered == offered_total - unrecorded``.
     - ``start``, ``end``, ``duration``: first and last ``caller_create`` and the span (s).
-    - ``rate``: ``achieved`` (offered / span, calls/s), ``target`` (in force at the last
-      call's creation), ``over_time``: one entry a second ``{"t": seconds since start,
-      "achieved": calls created in that second, "target": target at mid-second}``. A target
-      is the sum over workers of their latest ``rate_target`` counter sample at that time;
-      without counters, the ``rate`` setting (settings.json, with its changes).
+    - ``rate``: ``achieved`` and ``target`` over the offering period, the span from the
+      first to the last call created. ``achieved`` counts the intervals between successive
+      calls of each worker (a worker's first call opens its first interval: offered minus
+      one per worker that offered) over the span, calls/s (None when no worker offered two
+      calls); ``target`` is the time-weighted average target over the span (the one in force
+      at the first call when the span is 0). ``over_time``: one entry a second ``{"t":
+      seconds since start, "achieved": calls created in that second, "target": target at
+      mid-second}``. A target at an instant is the sum over workers of their latest
+      ``rate_target`` counter sample at that time; without counters, the ``rate`` setting
+      (settings.json, with its changes).
     - ``concurrency``: ``max_active_calls`` (most calls alive at once, from the CDR intervals
       ``caller_create`` → ``caller_hangup``), ``max_active_counters`` (largest per-second sum of
       the workers' ``active_calls``), ``limit`` (``limit_target`` / the ``limit`` setting, as
       for the rate; None when unlimited).
     - ``latency``: for each of call_setup, answer, invite and originate latency (see
-      :func:`call_metrics`): count, mean, p50, p90, p99, max — seconds, over the calls that
+      :func:`call_metrics`): count, mean, p50, p90, p95, p99, max — seconds, over the calls that
       have the value, percentiles by numpy's linear interpolation.
     - ``per_app`` / ``per_slave``: ``{name: {offered, answered, failed, lost, latency}}``
       (callee-only rows count under their own slave / app).
@@ -1007,8 +1052,15 @@ def summarize(
             tgt = target("rate", sums[k], float(mids[k]))
             over_time.append({"t": k, "achieved": int(counts[k]), "target": tgt})
     last_t = end if end is not None else math.inf
-    rate_target = target_at("rate", "rate_target", last_t)
+    rate_target = _average_target(ctr, settings, target, start, end)
     limit_target = target_at("limit", "limit_target", last_t)
+    achieved = None
+    if span > 0:
+        # the calls of each worker, a null worker id counting as one more worker
+        workers = pc.fill_null(table.column("worker"), -1).to_numpy(zero_copy_only=False)
+        _ids, per_worker = np.unique(workers[call_rows][np.isfinite(create)], return_counts=True)
+        intervals = int(np.maximum(per_worker - 1, 0).sum())
+        achieved = intervals / span if intervals else None
 
     hang = m["caller_create"] + np.where(
         np.isfinite(m["call_duration"]), m["call_duration"], np.nan
@@ -1056,7 +1108,7 @@ def summarize(
         "end": end,
         "duration": span,
         "rate": {
-            "achieved": (call_rows.size / span) if span > 0 else None,
+            "achieved": achieved,
             "target": rate_target,
             "over_time": over_time,
         },
@@ -1257,21 +1309,14 @@ def plot_run(run: Run, path: str | os.PathLike | None = None):
 
     ot = summ["rate"]["over_time"]
     if ot:
-        ax3.step(
-            [e["t"] for e in ot],
-            [e["achieved"] for e in ot],
-            where="post",
-            label="call_rate (per second)",
-        )
-        tgt = [e["target"] for e in ot]
-        if any(v is not None for v in tgt):
-            ax3.step(
-                [e["t"] for e in ot],
-                [np.nan if v is None else float(v) for v in tgt],
-                where="post",
-                linestyle="--",
-                label="target rate",
-            )
+        # step(where="post") draws each value from its own x to the next one: repeat the
+        # last value at the end of its second so that the last second is drawn too
+        edges = [e["t"] for e in ot] + [ot[-1]["t"] + 1]
+        achieved = [e["achieved"] for e in ot]
+        ax3.step(edges, achieved + achieved[-1:], where="post", label="call_rate (per second)")
+        tgt = [np.nan if e["target"] is None else float(e["target"]) for e in ot]
+        if not all(np.isnan(tgt)):
+            ax3.step(edges, tgt + tgt[-1:], where="post", linestyle="--", label="target rate")
     ok = _thin(np.isfinite(x) & np.isfinite(m["avg_call_rate"]))
     if ok.size:
         ax3.plot(x[ok], m["avg_call_rate"][ok], label="avg_call_rate")

@@ -51,7 +51,7 @@ from typing import Any
 import cloudpickle
 
 from fastswitch import control as C
-from fastswitch._spawn import main_hidden
+from fastswitch._spawn import start_process
 from fastswitch.commands import client_var
 from fastswitch.control import INITIAL, ORIGINATING, STATE_NAMES, STOPPED, ControlBlock
 from fastswitch.errors import ConfigurationError, ConnectError, FastSwitchError
@@ -306,8 +306,7 @@ class Originator:
             ),
             daemon=True,
         )
-        with main_hidden():
-            proc.start()
+        start_process(proc)
         child_conn.close()
         handle.attach(proc, parent_conn)
 

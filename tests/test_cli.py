@@ -29,7 +29,8 @@ def fastswitch(
     *args: str, timeout: float = 60, cwd: Path | None = None
 ) -> subprocess.CompletedProcess:
     """Run ``python -m fastswitch ARGS`` to completion and return the result (text output)."""
-    env = dict(os.environ, PYTHONPATH=str(REPO), COLUMNS="120")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(cwd or REPO)]))
+    env["COLUMNS"] = "120"
     return subprocess.run(
         [sys.executable, "-m", "fastswitch", *args],
         capture_output=True,
@@ -107,6 +108,13 @@ def test_demo_with_a_ramp_runs_a_simulated_cluster_and_reports(tmp_path):
     assert offered_in(run_dir) > 0
     saved = json.loads((run_dir / "loadtest.json").read_text())
     assert 4.0 < saved["target_rate"] < 30.0  # a linear ramp averages between its ends
+    # the report's rate figures: the ramp's average target over the calls' span (not the
+    # 30/s in force at the last call), and an achieved rate that matches it
+    from fastswitch.measure import load_run
+
+    rate = load_run(run_dir).summary()["rate"]
+    assert rate["target"] == pytest.approx(saved["target_rate"], rel=0.15)
+    assert rate["achieved"] == pytest.approx(rate["target"], rel=0.15)
 
 
 # -- run --------------------------------------------------------------------------------------
@@ -116,7 +124,11 @@ def test_demo_with_a_ramp_runs_a_simulated_cluster_and_reports(tmp_path):
 def passing_run(slaves, tmp_path_factory):
     """A short ``run`` with options (a whole originate command) and thresholds that hold."""
     run_dir = tmp_path_factory.mktemp("runs") / "pass"
-    cmd = f"originate {{originate_timeout=20,sip_h_X-Test=fs}}sofia/external/{dest(slaves)} &park()"
+    # placeholders inside the variable block: the block's braces nest
+    cmd = (
+        "originate {origination_uuid={uuid_str},originate_timeout=20,sip_h_X-Idx={call_index},"
+        f"sip_h_X-Test=fs}}sofia/external/{dest(slaves)} &park()"
+    )
     r = fastswitch(
         "run", *hosts(slaves), "--originate-cmd", cmd,
         "--rate", "20", "--limit", "100", "--duration", "1s", "--time", "3s",
@@ -145,7 +157,41 @@ def test_run_with_options_passes_thresholds(passing_run, slaves):
     for template in settings["initial"]["originate_cmd"]:
         assert "originate_timeout=20," in template and ",sip_h_X-Test=fs}" in template
         assert "origination_uuid={uuid_str},fastswitch_client={app_id}" in template
+        assert ",sip_h_X-Idx={call_index}," in template  # filled per call
         assert template.endswith(f"}}}}sofia/external/{dest(slaves)} &park()")
+
+
+def _line_fields(line: str) -> tuple[float, float, str | None]:
+    """(achieved, target, 'p50/p95/p99' or None) of a plain progress line."""
+    achieved, target = line.split(" rate ")[1].split(" cps")[0].split("/")
+    setup = line.split("setup p50/p95/p99 ")[1].split()[0] if "setup p50" in line else None
+    return float(achieved), float(target), setup
+
+
+def test_run_final_line_matches_the_report(passing_run):
+    """The done line has the report's figures: the set-up percentiles of every call (read
+    after the workers flushed their last CDRs), and after the offering the rate over the
+    offering period against its average target (the --min-rate check's figures)."""
+    from fastswitch.cli.live import _ms
+    from fastswitch.measure import load_run
+
+    r, run_dir = passing_run
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("[")]
+    done = [ln for ln in lines if " done " in ln]
+    assert len(done) == 1, r.stdout
+    s = load_run(run_dir).summary()
+    setup = s["latency"]["call_setup_latency"]
+    achieved, target, shown = _line_fields(done[0])
+    assert shown == "/".join(_ms(setup[k]) for k in ("p50", "p95", "p99"))
+    assert f"offered {s['offered']} answered {s['answered']} failed {s['failed']}" in done[0]
+    saved = json.loads((run_dir / "loadtest.json").read_text())
+    assert achieved == round(s["offered"] / saved["offering_time"], 1)
+    assert target == round(saved["target_rate"], 1) == 20.0
+    assert f"({achieved:.1f} of {target:.1f} calls/s)" in r.stdout  # the --min-rate check
+    for line in lines:  # draining: the offering period's rate too, not a fading window
+        if " draining " in line:
+            a, t, _ = _line_fields(line)
+            assert t == 20.0 and a > 10, line
 
 
 def test_report_writes_png_and_html(passing_run):
@@ -163,6 +209,8 @@ def test_report_writes_png_and_html(passing_run):
     r2 = fastswitch("report", str(run_dir), "--max-failed", "0%", "--no-plot")
     assert r2.returncode == 1
     assert "FAIL  failed calls <= 0.00%" in r2.stdout
+    r3 = fastswitch("report", str(run_dir), "--max-setup-p99", "0.1ms", "--no-plot")
+    assert r3.returncode == 1 and "FAIL  call set-up p99 <= 0.1ms  measured" in r3.stdout
 
 
 def test_run_from_toml_with_stages_and_failing_threshold(slaves, tmp_path):
@@ -209,7 +257,104 @@ max_failed = "0.5%"
     assert saved["offering_time"] < 60  # --time won over the file's 10m
 
 
+def test_run_options_replace_the_toml_stages(slaves, tmp_path):
+    """--ramp on the command line replaces the file's [[stage]] tables (no 'both a ramp and
+    stages' error), with one line saying so."""
+    run_dir = tmp_path / "ramp"
+    conf = tmp_path / "st.toml"
+    conf.write_text(
+        f"""
+hosts = {json.dumps(hosts(slaves))}
+dest_url = "{dest(slaves)}"
+duration = "500ms"
+[[stage]]
+duration = "10m"
+rate = 40
+"""
+    )
+    r = fastswitch(
+        "run", "-c", str(conf), "--ramp", "5:10:2s", "--run-dir", str(run_dir), "--no-plot"
+    )
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "fastswitch: the config file's 1 [[stage]] tables are overridden by --ramp" in r.stdout
+    targets = plain_targets(r.stdout)
+    assert targets and all(5.0 <= t <= 10.0 for t in targets) and targets == sorted(targets)
+    saved = json.loads((run_dir / "loadtest.json").read_text())
+    assert saved["offering_time"] < 10  # the ramp's 2 s, not the stage's 10 m
+    assert "overridden by --ramp" in (run_dir / "fastswitch.log").read_text()
+
+
+def test_app_given_as_module_colon_class(slaves, tmp_path):
+    """``--app myapps:MyPark``: a class in a module without a dot in its name."""
+    (tmp_path / "myapps.py").write_text(
+        "from fastswitch.apps.park import Park\n\n\nclass MyPark(Park):\n    pass\n"
+    )
+    r = fastswitch(
+        "run", *hosts(slaves), "--dest-url", dest(slaves), "--app", "myapps:MyPark",
+        "--rate", "10", "--duration", "300ms", "--time", "1s",
+        "--run-dir", str(tmp_path / "run"), "--no-plot",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "myapps_MyPark" in r.stdout and offered_in(tmp_path / "run") > 0
+
+
 # -- errors -----------------------------------------------------------------------------------
+
+
+def test_failure_after_connecting_leaves_no_run_directory(slaves, tmp_path):
+    """A configuration error found once connected (no such sofia profile) removes the run
+    directory it made: nothing but a log would be in it."""
+    r = fastswitch(
+        "run", hosts(slaves)[0], "--proxy", "x@127.0.0.1:5060", "--profile", "bogus",
+        "--time", "1s", cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 2, r.stderr + r.stdout
+    assert "profile 'bogus'" in r.stderr and "Traceback" not in r.stderr
+    runs = tmp_path / "fastswitch-runs"
+    assert not runs.exists() or not any(runs.iterdir())
+    # a bad originate command fails before connecting
+    r = fastswitch(
+        "run", hosts(slaves)[0], "--originate-cmd", "originate {a={nope}}sofia/x/y@h &park()",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 2 and "unknown placeholder {nope}" in r.stderr
+    assert "connecting" not in r.stdout
+    assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_ctrl_c_while_connecting_aborts_promptly(tmp_path):
+    """A Ctrl-C (SIGINT to the whole process group, as a terminal sends it) while a slave
+    that accepts but never answers is being connected aborts at once with exit code 130;
+    the worker processes ignore it (no KeyboardInterrupt from them)."""
+    with socket.socket() as silent:  # accepts connections (the backlog), never says a word
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fastswitch", "run", f"127.0.0.1:{port}",
+             "--dest-url", "x@127.0.0.1:5080", "--time", "1s"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            time.sleep(2.0)  # the worker is started and waits for the slave's greeting
+            assert proc.poll() is None
+            sent = time.monotonic()
+            os.killpg(proc.pid, signal.SIGINT)
+            out, err = proc.communicate(timeout=10)
+            took = time.monotonic() - sent
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 130, err + out
+    assert took < 3.0, took  # not the 5 s connect timeout
+    assert "interrupted while connecting to 127.0.0.1:" in err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    runs = tmp_path / "fastswitch-runs"
+    assert not runs.exists() or not any(runs.iterdir())
 
 
 def test_unreachable_slave_exit_3():
@@ -265,6 +410,11 @@ def test_list_apps_and_version():
     assert r.returncode == 0 and r.stdout.startswith("fastswitch ")
     r = fastswitch("sim", "--help")  # delegated to fastswitch.sim.main
     assert r.returncode == 0 and "--answer-delay" in r.stdout
+    # the defaults the help texts state are the rules the code applies
+    r = fastswitch("demo", "--help")
+    assert "peak rate x (hold + 0.5s) x 1.5" in " ".join(r.stdout.split())
+    r = fastswitch("run", "--help")
+    assert "limit/rate + 10s" in " ".join(r.stdout.split()) and "130" in r.stdout
 
 
 # -- terminal keys ----------------------------------------------------------------------------

@@ -56,6 +56,8 @@ def test_parse_duration_rejects(text):
 
 def test_format_duration():
     assert format_duration(0.25) == "250ms"
+    assert format_duration(0.0001) == "0.1ms" and format_duration(0.0025) == "2.5ms"
+    assert format_duration(0.005) == "5ms" and format_duration(0) == "0ms"
     assert format_duration(12) == "12s"
     assert format_duration(185) == "3m05s"
     assert format_duration(3720) == "1h02m"
@@ -129,7 +131,17 @@ def test_parse_app():
     a = parse_app("ringback:33/caller_hup_after=5,ring_response=ring_ready,x=1.5,y=true")
     assert a.weight == 33
     assert a.params == {"caller_hup_after": 5, "ring_response": "ring_ready", "x": 1.5, "y": True}
-    for bad in ("", ":3", "bert:0", "bert:x", "bert/novalue", "9lives"):
+    for bad in ("", ":3", "bert:0", "bert:3x", "bert/novalue", "9lives"):
+        with pytest.raises(ConfigurationError):
+            parse_app(bad)
+
+
+def test_parse_app_module_class_without_a_dot():
+    """``module:Class`` is a class path when the part after the colon is not a number."""
+    assert parse_app("myapps:MyPark") == AppSpec("myapps:MyPark", 1, {})
+    assert parse_app("myapps:MyPark:3/x=1") == AppSpec("myapps:MyPark", 3, {"x": 1})
+    assert parse_app("pkg.mod:Cls:2") == AppSpec("pkg.mod:Cls", 2, {})
+    for bad in ("myapps:MyPark:many", "myapps:MyPark:0"):
         with pytest.raises(ConfigurationError):
             parse_app(bad)
 
@@ -251,7 +263,33 @@ def test_config_errors(tmp_path):
     with pytest.raises(ConfigurationError, match="stage 1.*required"):
         build_config({"stage": [{"rate": 3}]}, {})
     with pytest.raises(ConfigurationError, match="ramp and"):
-        build_config({"stage": [{"rate": 3, "duration": 1}]}, {"ramp": "1:2:3s"})
+        build_config({"stage": [{"rate": 3, "duration": 1}], "ramp": "1:2:3s"}, {})
+
+
+def test_command_line_load_options_replace_the_files_stages():
+    """--rate/--limit/--duration (a constant load) or --ramp replace the file's [[stage]]
+    tables, saying so; the file's own settings keep them."""
+    data = read_toml(REPO / "examples" / "loadtest.toml")
+    assert len(build_config(data, {}).stages) == 3 and not build_config(data, {}).notes
+    cfg = build_config(data, {"rate": "30", "duration": "2s"})
+    assert cfg.stages == [] and cfg.ramp is None
+    sp = cfg.load_profile().setpoint(45)  # mid-way through the file's second stage
+    assert (sp.rate, sp.hold) == (30.0, 2.0)
+    assert cfg.load_profile().length == 120  # the file's time = "2m"
+    assert (
+        len(cfg.notes) == 1
+        and "[[stage]] tables are overridden by --rate --duration" in (cfg.notes[0])
+    )
+    cfg = build_config(data, {"ramp": "5:10:2s"})
+    assert cfg.stages == [] and cfg.ramp == Ramp(5.0, 10.0, 2.0)
+    assert cfg.load_profile().setpoint(1).rate == pytest.approx(7.5)
+    assert "overridden by --ramp" in cfg.notes[0]
+    # without a time in the file, the constant load lasts as long as the stages did
+    no_time = {k: v for k, v in data.items() if k != "time"}
+    assert build_config(no_time, {"limit": "50"}).load_profile().length == 120
+    # --rate replaces a ramp set in the file too
+    cfg = build_config({"ramp": "1:5:3s"}, {"rate": "7"})
+    assert cfg.ramp is None and cfg.load_profile().setpoint(1).rate == 7.0 and cfg.notes
 
 
 def test_example_config_is_valid():
@@ -355,6 +393,26 @@ def test_parse_originate_cmd_round_trips_through_the_builder():
     for bad in ("originate sofia/external/x@h", "user/1000 &park()", "{a=1 sofia/x/y &park()"):
         with pytest.raises(ConfigurationError, match="originate-cmd"):
             parse_originate_cmd(bad)
+
+
+def test_originate_cmd_with_placeholders_inside_the_variable_block():
+    """The {...} block nests: {uuid_str}, {app_id}, {call_index} in values stay placeholders
+    and are filled per call; an unknown placeholder fails before connecting."""
+    from fastswitch.cli.origcmd import check_originate_cmd
+    from fastswitch.commands import build_originate_cmd
+
+    cmd = (
+        "originate {origination_uuid={uuid_str},sip_h_X-Idx={call_index},"
+        "origination_caller_id_number={call_index}}sofia/external/x@127.0.0.1:5080 &park()"
+    )
+    dest, kw = check_originate_cmd(cmd)
+    assert dest == "x@127.0.0.1:5080" and kw["profile"] == "external"
+    assert kw["sip_h_X-Idx"] == "{call_index}" and "origination_uuid" not in kw
+    out = build_originate_cmd(dest, **kw).format(uuid_str="U", app_id="A", call_index="7")
+    assert out.startswith("originate {origination_uuid=U,fastswitch_client=A,")
+    assert ",sip_h_X-Idx=7,origination_caller_id_number=7}sofia/external/x@127.0.0.1:5080 " in out
+    with pytest.raises(ConfigurationError, match=r"unknown placeholder \{foo\}"):
+        check_originate_cmd("originate {a={foo}}sofia/external/x@h:5080 &park()")
 
 
 def test_stop_requests_count_real_signals():

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pytest
 from support import SEED_CDR_COLUMNS
 
 from fastswitch import measure
@@ -652,8 +653,10 @@ def test_summary_counts_percentiles_rates_and_groups(tmp_path):
     assert s["concurrency"]["limit"] == 12.0  # 6 + 6 from the counters
     assert s["concurrency"]["max_active_counters"] == 11  # 5 + 6 summed over the workers
     assert math.isclose(s["duration"], 10.5, abs_tol=1e-6)
-    assert math.isclose(s["rate"]["achieved"], 106 / 10.5)
-    assert s["rate"]["target"] == 20
+    # 106 calls from two workers over 10.5 s: 104 intervals between a worker's calls
+    assert math.isclose(s["rate"]["achieved"], 104 / 10.5)
+    # the target averaged over the span: 10/s until the counters' step at +5.25 s, then 20
+    assert math.isclose(s["rate"]["target"], (5.25 * 10 + 5.25 * 20) / 10.5)
     ot = s["rate"]["over_time"]
     assert len(ot) == 11
     assert [e["achieved"] for e in ot[:10]] == [10] * 10
@@ -673,7 +676,9 @@ def test_summary_counts_percentiles_rates_and_groups(tmp_path):
 
 def test_targets_from_settings_changes_without_counters(tmp_path):
     s = load_run(_summary_run(tmp_path, counters=False)).summary()
-    assert s["rate"]["target"] == 20 and s["concurrency"]["limit"] == 12
+    # the setting: 10/s for the first 5 s of the 10.5 s span, then 20/s
+    assert math.isclose(s["rate"]["target"], (5 * 10 + 5.5 * 20) / 10.5)
+    assert s["concurrency"]["limit"] == 12
     assert s["concurrency"]["max_active_counters"] is None
     ot = s["rate"]["over_time"]
     assert [e["target"] for e in ot[:5]] == [10] * 5 and ot[5]["target"] == 20
@@ -704,6 +709,47 @@ def test_target_from_counters_without_settings(tmp_path):
     assert s["rate"]["target"] == 15.0 and s["concurrency"]["limit"] == 100.0
 
 
+def _paced_run(tmp_path, times_by_worker, rate_at, sample_every: float = 0.05) -> Path:
+    """CDR rows of calls created at the given times per worker, and each worker's counters
+    sampling its share of the target ``rate_at(t - T0)`` every ``sample_every`` s."""
+    workers = len(times_by_worker)
+    end = max(max(ts) for ts in times_by_worker)
+    for w, ts in enumerate(times_by_worker):
+        rows = [
+            make_row(k, caller_create=t, worker=w, call_uuid=f"w{w}-{k}") for k, t in enumerate(ts)
+        ]
+        write_cdr(cdr_path(tmp_path, w), rows)
+        with CounterWriter(counters_path(tmp_path, w), worker=w) as cw:
+            for k in range(int((end - T0) / sample_every) + 2):
+                t = T0 + k * sample_every
+                cw.append((t, 0, 0, 0, 0, 0, rate_at(k * sample_every) / workers, 100.0))
+    return tmp_path
+
+
+def test_rate_figures_at_a_known_constant_rate(tmp_path):
+    """Two workers at 10 calls/s each for 5 s: 20 calls/s achieved and targeted exactly
+    (not 100 calls / 4.9 s, one call per worker too many)."""
+    ts = [[T0 + k / 10 for k in range(50)] for _w in range(2)]
+    s = load_run(_paced_run(tmp_path, ts, lambda t: 20.0)).summary()
+    assert s["offered"] == 100 and s["duration"] == pytest.approx(4.9, rel=1e-6)
+    assert s["rate"]["achieved"] == pytest.approx(20.0, rel=1e-6)
+    assert s["rate"]["target"] == pytest.approx(20.0, rel=1e-9)
+
+
+def test_rate_figures_of_a_ramp_average_over_the_offering_period(tmp_path):
+    """A ramp from 10 to 30 calls/s over 4 s: the target is the time-weighted average over
+    the calls' span (about 20), not the 30 in force at the last call, and the achieved rate
+    matches it."""
+    # calls where the ramp's cumulative count 10 t + 2.5 t^2 reaches 0, 1, 2, ... (80 at 4 s)
+    ts = [[T0 + (-10 + math.sqrt(100 + 10 * k)) / 5 for k in range(80)]]
+    s = load_run(_paced_run(tmp_path, ts, lambda t: 10 + 5 * min(t, 4.0), 0.01)).summary()
+    span = ts[0][-1] - ts[0][0]
+    assert s["rate"]["achieved"] == pytest.approx(79 / span, rel=1e-6)
+    exact = 10 + 2.5 * span  # the linear ramp's mean over [0, span]
+    assert s["rate"]["target"] == pytest.approx(exact, rel=0.01)
+    assert s["rate"]["achieved"] / s["rate"]["target"] == pytest.approx(1.0, rel=0.01)
+
+
 # -- plot, HTML, Measurers ------------------------------------------------------------------
 
 
@@ -716,6 +762,15 @@ def test_plot_renders_png(tmp_path):
     assert {"call_setup_latency", "answer_latency", "avg_call_rate", "failed_calls"} <= labels
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+    # the rate panel draws every second, the last one too: its steps end one second after
+    # the start of the last second
+    ot = run.summary()["rate"]["over_time"]
+    rate_ax = fig.axes[2]
+    lines = {ln.get_label(): ln for ln in rate_ax.get_lines()}
+    for label in ("call_rate (per second)", "target rate"):
+        x = lines[label].get_xdata()
+        assert x[0] == 0 and x[-1] == ot[-1]["t"] + 1, label
+    assert lines["call_rate (per second)"].get_ydata()[-1] == ot[-1]["achieved"]
 
 
 def test_report_html_is_self_contained(tmp_path):

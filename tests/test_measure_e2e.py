@@ -141,3 +141,12 @@ def test_target_rate_over_time_from_the_first_second(finished_run):
     assert len(ot) >= 2  # 60 calls at 30/s: two seconds of offering
     assert [e["target"] for e in ot] == [30.0] * len(ot)
     assert sum(e["achieved"] for e in ot) == CALLS
+
+
+def test_rate_figures_at_the_set_rate(finished_run):
+    """One worker offering at a constant 30 calls/s: the report's achieved rate (intervals
+    between calls over their span) and target are the set rate."""
+    rate = load_run(finished_run[0]).summary()["rate"]
+    assert rate["target"] == 30.0  # constant: its time-weighted average is the setting
+    # offered / span would be 60 / (59 / 30) = 30.5: one call per worker too many
+    assert rate["achieved"] == pytest.approx(30.0, rel=0.012)

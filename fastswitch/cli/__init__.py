@@ -14,6 +14,7 @@ Exit codes (documented in ``--help``):
     1  a threshold was not met
     2  configuration or usage error (bad option value, unknown app, missing run directory ...)
     3  connection or authentication error (slave unreachable, wrong ESL password)
+  130  interrupted (Ctrl-C) before the load test started, e.g. while connecting
 
 Errors print one line naming the problem and its fix; ``--debug`` adds the traceback.
 """
@@ -34,12 +35,23 @@ from fastswitch.errors import (
     FastSwitchError,
 )
 
-__all__ = ["main", "build_parser", "EXIT_OK", "EXIT_THRESHOLD", "EXIT_USAGE", "EXIT_CONNECT"]
+__all__ = [
+    "main",
+    "build_parser",
+    "EXIT_OK",
+    "EXIT_THRESHOLD",
+    "EXIT_USAGE",
+    "EXIT_CONNECT",
+    "EXIT_INTERRUPTED",
+]
 
 EXIT_OK = 0
 EXIT_THRESHOLD = 1
 EXIT_USAGE = 2
 EXIT_CONNECT = 3
+#: Ctrl-C before a load test started (a test interrupted while it runs still reports and
+#: exits with its thresholds' verdict, 0 or 1).
+EXIT_INTERRUPTED = 130
 
 EXIT_CODES_HELP = """\
 exit codes:
@@ -47,6 +59,8 @@ exit codes:
   1  a threshold was not met
   2  configuration or usage error (bad option value, unknown app, missing run directory)
   3  connection or authentication error (slave unreachable, wrong ESL password)
+  130  interrupted (Ctrl-C) before the load test started, e.g. while connecting
+       (Ctrl-C during the test stops it and still reports: 0 or 1 as above)
 """
 
 
@@ -86,11 +100,12 @@ def _add_load_options(p: argparse.ArgumentParser, demo: bool) -> None:
     g.add_argument(
         "--limit",
         help="max concurrent calls, erlangs (default: %s)"
-        % ("rate x hold x 1.5" if demo else "100"),
+        % ("peak rate x (hold + 0.5s) x 1.5, at least 10" if demo else "100"),
     )
     g.add_argument(
         "--duration",
-        help="call hold time, e.g. 20s (default: %s)" % ("3s" if demo else "limit/rate, auto"),
+        help="call hold time, e.g. 20s (default: %s)"
+        % ("3s" if demo else "limit/rate + 10s, recomputed when the rate or limit changes"),
     )
     g.add_argument("--max-sessions", help="stop offering after this many calls in total")
     g.add_argument(
@@ -185,7 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST[:PORT]",
         help="ESL address of each slave (port 8021 by default)",
     )
-    run.add_argument("-c", "--config", help="TOML file with the settings (options override it)")
+    run.add_argument(
+        "-c",
+        "--config",
+        help="TOML file with the settings (options override it; --rate/--limit/--duration/"
+        "--ramp replace its [[stage]] tables)",
+    )
     run.add_argument("--password", help="ESL password (default ClueCon)")
     run.add_argument("--proxy", help="first hop: the SUT's SIP address, e.g. sut@10.0.0.1:5060")
     run.add_argument("--profile", help="sofia profile to originate from (default external)")
@@ -195,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--originate-cmd",
-        help="the whole originate command instead ({uuid_str} {app_id} are filled in)",
+        help="the whole originate command instead ({uuid_str} {app_id} {call_index} are "
+        "filled in per call)",
     )
     _add_load_options(run, demo=False)
     _add_common(run)
@@ -286,9 +307,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(e, EXIT_CONNECT, debug)
     except FastSwitchError as e:
         return _fail(e, EXIT_USAGE, debug)
-    except KeyboardInterrupt:
-        print("fastswitch: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        if debug:
+            traceback.print_exception(e)
+        print(f"fastswitch: {e or 'interrupted'}", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def _fail(exc: BaseException, code: int, debug: bool) -> int:

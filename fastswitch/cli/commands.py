@@ -1,9 +1,10 @@
 """The ``run`` and ``report`` commands, and the load-test execution ``demo`` shares.
 
 :func:`execute` owns one load test from the originator's start to the printed report:
-it starts the workers (with SIGINT ignored so that only this process sees Ctrl-C), sets the
-originate commands, loads the apps, runs :class:`~fastswitch.cli.runner.LoadTest`, always
-shuts the originator down (the workers flush their CDR files), then prints the report and
+it starts the workers (each starts with SIGINT ignored so that only this process sees
+Ctrl-C, which aborts a slow connect), sets the originate commands, loads the apps, runs
+:class:`~fastswitch.cli.runner.LoadTest`, always shuts the originator down (the workers flush
+their CDR files), shows the final line from the flushed records, then prints the report and
 returns the exit code of the thresholds' verdict.
 """
 
@@ -23,11 +24,16 @@ from rich.console import Console
 from fastswitch.cli.apps import resolve
 from fastswitch.cli.config import RunConfig, build_config, read_toml
 from fastswitch.cli.keys import KeyReader
-from fastswitch.cli.origcmd import parse_originate_cmd
+from fastswitch.cli.origcmd import check_originate_cmd, parse_originate_cmd
 from fastswitch.cli.parse import AppSpec, parse_duration
 from fastswitch.cli.report import REPORT_HTML, REPORT_PNG, build_report, check_run_dir
 from fastswitch.cli.runner import LiveOutput, LoadTest
-from fastswitch.cli.signals import StopRequests, children_ignore_sigint
+from fastswitch.cli.signals import (
+    Interrupted,
+    StopRequests,
+    children_ignore_sigint,
+    interruptible_spawning,
+)
 from fastswitch.cli.thresholds import Thresholds
 from fastswitch.errors import CommandError, ConfigurationError
 
@@ -93,19 +99,40 @@ def app_ids(resolved: list[tuple[AppSpec, type, dict[str, Any]]]) -> list[str]:
     return ids
 
 
-def make_run_dir(path: Path | None) -> Path:
-    """The run directory: the given one (created), or a new timestamped one."""
+def make_run_dir(path: Path | None) -> tuple[Path, bool]:
+    """The run directory: the given one (created), or a new timestamped one; and whether
+    this call created it (only such a directory is removed when the run cannot start)."""
     from fastswitch.measure import new_run_dir
 
     if path is None:
-        return new_run_dir()
+        return new_run_dir(), True
+    created = not path.exists()
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigurationError(
             f"cannot create run directory {str(path)!r}: {e.strerror}"
         ) from None
-    return path
+    return path, created
+
+
+def cdr_rows_written(run_dir: Path) -> int:
+    """How many CDR rows the workers wrote into ``run_dir`` (0 when unreadable)."""
+    from fastswitch.measure import read_cdr
+
+    try:
+        return read_cdr(run_dir).num_rows
+    except Exception:
+        return 0
+
+
+def discard_unused_run_dir(run_dir: Path, created: bool) -> bool:
+    """Remove a run directory this run created when no CDR row was written into it (the run
+    failed before any call: only a log and empty files would be left); True if removed."""
+    if not created or cdr_rows_written(run_dir):
+        return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return not run_dir.exists()
 
 
 def live_mode(args: argparse.Namespace) -> str:
@@ -195,7 +222,11 @@ def execute(
     """Run one load test with ``cfg`` and print its report; returns the exit code.
 
     ``stops`` counts SIGINT/SIGTERM; installed here when not given. A SIGTERM while the
-    slaves are being connected is kept and ends the test as soon as it starts.
+    slaves are being connected is kept and ends the test as soon as it starts; a Ctrl-C
+    then aborts at once (:class:`~fastswitch.cli.signals.Interrupted`, exit code 130), the
+    worker processes still never seeing it. When the run fails before its first CDR row
+    (a slave cannot be reached, a bad ``--profile`` or originate command, Ctrl-C), the run
+    directory it created is removed.
     """
     if stops is None:
         with StopRequests() as own:
@@ -203,41 +234,58 @@ def execute(
     from fastswitch.originator import get_originator
 
     resolved = resolve_apps(cfg.apps)
-    run_dir = make_run_dir(cfg.run_dir)
+    run_dir, created = make_run_dir(cfg.run_dir)
     log_handler = setup_logging(run_dir, getattr(args, "debug", False))
     console = console or Console()
-    mode = live_mode(args)
-    interval = parse_duration(getattr(args, "interval", "0.5s") or "0.5s", "--interval")
-    interval = min(max(interval, 0.1), 10.0)
-    profile = cfg.load_profile()
+    try:
+        mode = live_mode(args)
+        interval = parse_duration(getattr(args, "interval", "0.5s") or "0.5s", "--interval")
+        interval = min(max(interval, 0.1), 10.0)
+        profile = cfg.load_profile()
+    except BaseException:
+        close_logging(log_handler)
+        discard_unused_run_dir(run_dir, created)
+        raise
+    for note in cfg.notes:
+        logging.getLogger("fastswitch.cli").info("%s", note)
+        console.print(f"fastswitch: {note}", highlight=False, markup=False)
     sp0 = profile.setpoint(0.0)
     settings: dict[str, Any] = {"rate": sp0.rate, "limit": sp0.limit, "run_dir": run_dir}
     if sp0.hold is not None:
         settings["duration"] = sp0.hold
     if cfg.max_sessions is not None:
         settings["max_sessions"] = cfg.max_sessions
-    console.print(
-        f"fastswitch: connecting to {', '.join(f'{h}:{p}' for h, p in cfg.hosts)} ...",
-        highlight=False,
-    )
+    slaves = ", ".join(f"{h}:{p}" for h, p in cfg.hosts)
+    console.print(f"fastswitch: connecting to {slaves} ...", highlight=False)
     try:
-        with children_ignore_sigint():
+        with interruptible_spawning():
             orig = get_originator(list(cfg.hosts), password=cfg.password, **settings)
-    except BaseException:
+    except BaseException as e:
         close_logging(log_handler)
-        if cfg.run_dir is None and not any(run_dir.glob("cdr-*.arrows")):
-            shutil.rmtree(run_dir, ignore_errors=True)  # nothing ran: leave no empty run behind
+        discard_unused_run_dir(run_dir, created)
+        if isinstance(e, Interrupted):
+            raise Interrupted(
+                f"interrupted while connecting to {slaves}: no load test was run"
+            ) from None
         raise
     outcome = None
     keys = None
+    run = None
     try:
-        with children_ignore_sigint():
-            configure(orig)
-            for (spec, cls, params), app_id in zip(resolved, app_ids(resolved), strict=True):
-                try:
-                    orig.load_app(cls, app_id=app_id, ppkwargs=params or None, weight=spec.weight)
-                except (TypeError, ValueError) as e:
-                    raise ConfigurationError(f"cannot load app {spec.name!r}: {e}") from None
+        try:
+            with interruptible_spawning():
+                configure(orig)
+                for (spec, cls, params), app_id in zip(resolved, app_ids(resolved), strict=True):
+                    try:
+                        orig.load_app(
+                            cls, app_id=app_id, ppkwargs=params or None, weight=spec.weight
+                        )
+                    except (TypeError, ValueError) as e:
+                        raise ConfigurationError(f"cannot load app {spec.name!r}: {e}") from None
+        except Interrupted:
+            raise Interrupted(
+                f"interrupted while setting up {slaves}: no load test was run"
+            ) from None
         if mode == "rich" and KeyReader.available():
             keys = KeyReader().start()
         with LiveOutput(console, mode, plain_interval=max(interval, 1.0)) as out:
@@ -251,7 +299,16 @@ def execute(
                 keys=keys,
                 argv=argv,
             )
-            outcome = test.run(stops)
+            try:
+                outcome = test.run(stops)
+            finally:
+                if keys is not None:
+                    keys.close()
+                    keys = None
+                with children_ignore_sigint():
+                    orig.shutdown()  # the workers flush and close their CDR files
+            run = final_run(run_dir)
+            test.finish(run.summary() if run is not None else None)
     finally:
         if keys is not None:
             keys.close()
@@ -260,17 +317,38 @@ def execute(
         close_logging(log_handler)
         if outcome is not None:
             outcome.save()
+        else:
+            discard_unused_run_dir(run_dir, created)
     cfg.thresholds.save(run_dir)
     return print_report(
-        run_dir, cfg.thresholds, plot=not getattr(args, "no_plot", False), console=console
+        run_dir, cfg.thresholds, plot=not getattr(args, "no_plot", False), console=console, run=run
     )
 
 
+def final_run(run_dir: Path) -> Any:
+    """The finished run's records (:func:`fastswitch.measure.load_run`), read once for the
+    final live line and the report; None when they cannot be read (the report says why)."""
+    from fastswitch.measure import load_run
+
+    try:
+        run = load_run(run_dir)
+        run.summary()
+    except Exception:
+        logging.getLogger("fastswitch.cli").exception("cannot summarise %s", run_dir)
+        return None
+    return run
+
+
 def print_report(
-    run_dir: Path, thresholds: Thresholds, plot: bool, console: Console | None = None
+    run_dir: Path,
+    thresholds: Thresholds,
+    plot: bool,
+    console: Console | None = None,
+    run: Any = None,
 ) -> int:
-    """Build, print and write the report; exit code 1 when a threshold failed."""
-    report = build_report(run_dir, thresholds, plot=plot)
+    """Build, print and write the report; exit code 1 when a threshold failed. ``run``: the
+    run's records when already read."""
+    report = build_report(run_dir, thresholds, plot=plot, run=run)
     print()
     print(report.text, end="")
     for f in report.files:
@@ -294,6 +372,8 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
         raise ConfigurationError(
             "no call route: give --proxy SUT_ADDRESS (the system under test), --dest-url, or --originate-cmd"
         )
+    if cfg.originate_cmd:
+        check_originate_cmd(cfg.originate_cmd)  # fail before connecting
     return execute(cfg, args, argv, lambda orig: configure_commands(orig, cfg))
 
 

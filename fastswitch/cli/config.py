@@ -6,6 +6,13 @@ Top-level keys mirror the ``run`` options (``hosts``, ``password``, ``proxy``, `
 ``params``), ``[[stage]]`` tables the k6-style stages (``duration``, ``rate``, ``limit``,
 ``hold``, ``ramp``), ``[thresholds]`` the pass/fail limits. Dashes and underscores in keys are
 equivalent. An unknown key is an error naming it, so that typos do not pass silently.
+
+Options given on the command line win over the file. The load shape follows the same rule:
+an explicit ``--rate``, ``--limit``, ``--duration`` or ``--ramp`` replaces the file's
+``[[stage]]`` tables (``--ramp`` by that ramp, the others by a constant profile; the test
+keeps the stages' total length unless ``time`` or ``--time`` sets one), and ``--rate``
+without ``--ramp`` replaces the file's ``ramp``. :attr:`RunConfig.notes` says so, to be
+logged.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from typing import Any
 from fastswitch.cli.parse import (
     AppSpec,
     Ramp,
+    format_duration,
     parse_app,
     parse_count,
     parse_duration,
@@ -52,6 +60,8 @@ _SCALARS = {
     "run_dir",
 }
 _TABLES = {"app", "stage", "thresholds"}
+#: The options that shape the load: given on the command line, they replace the file's stages.
+_LOAD_OPTIONS = ("rate", "limit", "duration", "ramp")
 
 
 @dataclass
@@ -75,6 +85,8 @@ class RunConfig:
     thresholds: Thresholds = field(default_factory=Thresholds)
     drain: float | None = None
     run_dir: Path | None = None
+    #: What the merge decided that the user should know (logged when the run starts).
+    notes: list[str] = field(default_factory=list)
 
     def load_profile(self) -> LoadProfile:
         """The :class:`LoadProfile` these settings describe."""
@@ -197,6 +209,27 @@ def build_config(file_data: dict[str, Any] | None, overrides: dict[str, Any]) ->
     if not isinstance(stages, list):
         raise ConfigurationError("'stage' must be a list of [[stage]] tables")
     cfg.stages = [_stage(i, s) for i, s in enumerate(stages)]
+    given = [k for k in _LOAD_OPTIONS if overrides.get(k) is not None]
+    if given and cfg.stages:
+        # the command line's load settings replace the file's stages (not mixed with them)
+        total = sum(st.duration for st in cfg.stages)
+        if cfg.time is None and overrides.get("ramp") is None:
+            cfg.time = total  # the stages' test length stays (a ramp sets its own)
+        shape = "the ramp given" if overrides.get("ramp") is not None else "a constant load"
+        length = "" if cfg.time is None else f", for {format_duration(cfg.time)}"
+        cfg.notes.append(
+            f"the config file's {len(cfg.stages)} [[stage]] tables are overridden by "
+            f"{' '.join('--' + k for k in given)} on the command line "
+            f"({shape} is run instead{length})"
+        )
+        cfg.stages = []
+    elif (
+        overrides.get("rate") is not None
+        and overrides.get("ramp") is None
+        and data.get("ramp") is not None
+    ):
+        cfg.ramp = None  # --rate: a constant rate instead of the file's ramp
+        cfg.notes.append("the config file's ramp is overridden by --rate on the command line")
     if cfg.ramp is not None and cfg.stages:
         raise ConfigurationError("both a ramp and [[stage]] tables are configured: use one of them")
 

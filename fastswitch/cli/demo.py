@@ -20,7 +20,12 @@ from typing import Any
 from fastswitch.cli.commands import execute, overrides_from_args
 from fastswitch.cli.config import build_config
 from fastswitch.cli.parse import AppSpec, parse_count
-from fastswitch.cli.signals import StopRequests, children_ignore_sigint
+from fastswitch.cli.signals import (
+    Interrupted,
+    StopRequests,
+    children_ignore_sigint,
+    interruptible_spawning,
+)
 from fastswitch.errors import ConfigurationError, ConnectError
 
 DEMO_TIME = "20s"
@@ -70,12 +75,15 @@ def sim_slaves(count: int, seed: int | None = None) -> Iterator[list[SimSlave]]:
                 sps=5000,
             )
             servers.append(sim.SimServer(cfg))
-        with children_ignore_sigint():
-            for server in servers:  # one at a time: SimServer.start is not thread-safe
-                try:
-                    server.start()
-                except RuntimeError as e:
-                    raise ConnectError(f"could not start the simulated slaves: {e}") from None
+        try:
+            with interruptible_spawning():  # Ctrl-C aborts; the simulators never see it
+                for server in servers:  # one at a time: SimServer.start is not thread-safe
+                    try:
+                        server.start()
+                    except RuntimeError as e:
+                        raise ConnectError(f"could not start the simulated slaves: {e}") from None
+        except Interrupted:
+            raise Interrupted("interrupted while starting the simulated slaves") from None
         yield [SimSlave(tuple(s.address), tuple(s.sip_address)) for s in servers]
     finally:
         with children_ignore_sigint():

@@ -97,11 +97,12 @@ class LatencyTail:
             self._cached = (float(p[0]), float(p[1]), float(p[2]))
 
     def percentiles(
-        self, now: float | None = None
+        self, now: float | None = None, force: bool = False
     ) -> tuple[float | None, float | None, float | None]:
-        """(p50, p95, p99) in seconds, None before the first answered call completes."""
+        """(p50, p95, p99) in seconds, None before the first answered call completes
+        (``force``: read the files now, whenever the last look was)."""
         now = time.monotonic() if now is None else now
-        if now - self._last >= self.every:
+        if force or now - self._last >= self.every:
             self._last = now
             self.refresh()
         return self._cached

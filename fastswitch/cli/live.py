@@ -76,7 +76,9 @@ class RateMeter:
 
 
 def _ms(x: float | None) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x * 1000:.0f}ms"
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x * 1000:.1f}ms" if x < 0.01 else f"{x * 1000:.0f}ms"
 
 
 def _time_text(s: Snapshot) -> str:

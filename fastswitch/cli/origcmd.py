@@ -30,10 +30,41 @@ _APP = re.compile(r"^&([\w-]+)\((.*)\)$", re.S)
 HINT = "use e.g. 'originate {var=val}sofia/external/user@host:port &park()'"
 
 
+def _var_block_end(s: str) -> int:
+    """The index of the ``}`` closing the ``{...}`` block that ``s`` starts with (braces
+    nest, so placeholders such as ``{uuid_str}`` inside values stay whole); -1 if unclosed."""
+    depth = 0
+    for i, ch in enumerate(s):
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return i
+    return -1
+
+
+def _split_top(block: str) -> list[str]:
+    """Split a variable block on the commas outside ``{...}`` placeholders (``\\,`` stays)."""
+    items, depth, start, prev = [], 0, 0, ""
+    for i, ch in enumerate(block):
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth = max(depth - 1, 0)
+        elif ch == "," and depth == 0 and prev != "\\":
+            items.append(block[start:i])
+            start = i + 1
+        prev = ch
+    items.append(block[start:])
+    return items
+
+
 def _split_vars(block: str) -> dict[str, str]:
-    """``a=1,b=x\\,y`` -> {'a': '1', 'b': 'x,y'} (commas escaped with a backslash stay)."""
+    """``a=1,b=x\\,y`` -> {'a': '1', 'b': 'x,y'} (commas escaped with a backslash stay;
+    ``{placeholder}`` values such as ``{call_index}`` are kept, filled per call)."""
     out: dict[str, str] = {}
-    for item in re.split(r"(?<!\\),", block):
+    for item in _split_top(block):
         if not item.strip():
             continue
         k, eq, v = item.partition("=")
@@ -55,7 +86,7 @@ def parse_originate_cmd(cmd: str) -> tuple[str, dict[str, Any]]:
         s = s[len("originate ") :].lstrip()
     variables: dict[str, str] = {}
     if s.startswith("{"):
-        end = s.find("}")
+        end = _var_block_end(s)
         if end < 0:
             raise ConfigurationError(f"invalid --originate-cmd {cmd!r}: unclosed '{{'; {HINT}")
         variables = _split_vars(s[1:end])
@@ -109,11 +140,37 @@ def parse_originate_cmd(cmd: str) -> tuple[str, dict[str, Any]]:
             raise ConfigurationError(
                 "invalid originate_timeout in --originate-cmd: seconds expected"
             ) from None
-    if "originate_caller_id_name" in variables:
-        kwargs["caller_id"] = variables.pop("originate_caller_id_name")
+    if "origination_caller_id_name" in variables:
+        kwargs["caller_id"] = variables.pop("origination_caller_id_name")
     if "absolute_codec_string" in variables:
         kwargs["abs_codec"] = variables.pop("absolute_codec_string")
     for k in TRACKING_VARS:
         variables.pop(k, None)
     kwargs.update(variables)
+    return dest_url, kwargs
+
+
+#: The placeholders fastswitch fills in every call's originate command.
+PLACEHOLDERS = ("uuid_str", "app_id", "call_index")
+
+
+def check_originate_cmd(cmd: str) -> tuple[str, dict[str, Any]]:
+    """:func:`parse_originate_cmd`, then render the command once as a slave will, so that a
+    lone brace or an unknown ``{placeholder}`` fails before any slave is connected."""
+    from fastswitch.commands import build_originate_cmd
+
+    dest_url, kwargs = parse_originate_cmd(cmd)
+    template = build_originate_cmd(dest_url, **kwargs)
+    try:
+        template.format(uuid_str="u", app_id="a", call_index="1")
+    except KeyError as e:
+        name = str(e.args[0]) if e.args else ""
+        raise ConfigurationError(
+            f"invalid --originate-cmd {cmd!r}: unknown placeholder {{{name}}}; the ones filled "
+            f"in per call are {', '.join('{' + p + '}' for p in PLACEHOLDERS)}"
+        ) from None
+    except (ValueError, IndexError) as e:
+        raise ConfigurationError(
+            f"invalid --originate-cmd {cmd!r}: {e} (a literal brace must be doubled)"
+        ) from None
     return dest_url, kwargs

@@ -55,9 +55,14 @@ def parse_duration(text: str | float | int, what: str = "duration") -> float:
 
 
 def format_duration(seconds: float) -> str:
-    """Render seconds compactly for humans: ``250ms``, ``12.5s``, ``3m05s``, ``1h02m``."""
+    """Render seconds compactly for humans: ``250ms``, ``0.1ms``, ``12.5s``, ``3m05s``,
+    ``1h02m`` (below 10 ms with up to two decimals, so that small limits do not read 0ms)."""
     if seconds != seconds or seconds in (math.inf, -math.inf):
         return "-"
+    if 0 < seconds < 1e-5:
+        return f"{seconds * 1e6:.0f}us"
+    if seconds < 0.01 and seconds * 1000 != round(seconds * 1000):
+        return f"{seconds * 1000:.2f}".rstrip("0").rstrip(".") + "ms"  # 0.1ms, 2.5ms
     if seconds < 1:
         return f"{seconds * 1000:.0f}ms"
     if seconds < 60:
@@ -232,14 +237,15 @@ def _scalar(value: str) -> Any:
 def parse_app(text: str) -> AppSpec:
     """Parse ``NAME[:WEIGHT][/key=value,key=value]`` such as ``'ringback:33/caller_hup_after=5'``.
 
-    ``NAME`` is a registered app name or ``pkg.module:Class``.
+    ``NAME`` is a registered app name or ``pkg.module:Class`` (``module:Class`` too: the part
+    after a colon is a weight only when it is a number).
     """
     s = str(text).strip()
     hint = "use NAME[:WEIGHT][/key=value,...], e.g. bert:34 or ringback:33/caller_hup_after=5"
     head, _, tail = s.partition("/")
     name, sep, weight_s = head.rpartition(":")
-    if not sep or not name or ("." in name and re.match(r"^[A-Za-z_]\w*$", weight_s)):
-        # no weight (a ':' may belong to a 'pkg.module:Class' name)
+    if not sep or not name or re.match(r"^[A-Za-z_]\w*$", weight_s):
+        # no weight: a ':' followed by a name (not a number) belongs to a 'module:Class' path
         name, weight_s = head, ""
     name = name.strip()
     if not name or not re.match(r"^[A-Za-z_][\w.-]*(:[A-Za-z_]\w*)?$", name):

@@ -48,8 +48,9 @@ def measured_values(summary: dict[str, Any], run_dir: Path) -> Measured:
     """The thresholds' inputs from the run summary (and the CLI's saved offering time/target).
 
     The rate ratio uses the CLI's own record when there is one: calls offered per second of
-    offering time against the time-averaged target (right for ramps and stages too); without
-    it, the summary's achieved rate against its last target.
+    offering time against the time-averaged target (right for ramps, stages and pauses);
+    without it, the summary's rate figures (achieved over the calls' span against the
+    target averaged over the same span).
     """
     lat = (summary.get("latency") or {}).get("call_setup_latency") or {}
     outcome = load_outcome(run_dir)
@@ -68,13 +69,17 @@ def measured_values(summary: dict[str, Any], run_dir: Path) -> Measured:
     )
 
 
-def build_report(run_dir: Path, thresholds: Thresholds, plot: bool = True) -> Report:
+def build_report(
+    run_dir: Path, thresholds: Thresholds, plot: bool = True, run: Any = None
+) -> Report:
     """Summarise ``run_dir``, check ``thresholds`` and write report.txt (and, with ``plot``,
-    report.png and report.html) into it."""
+    report.png and report.html) into it. ``run``: its :func:`~fastswitch.measure.load_run`
+    when already read."""
     from fastswitch.measure import format_summary, load_run, report_html
 
     run_dir = check_run_dir(run_dir)
-    run = load_run(run_dir)
+    if run is None:
+        run = load_run(run_dir)
     summary = run.summary()
     checks = evaluate(thresholds, measured_values(summary, run_dir))
     text = f"Run directory: {run_dir}\n\n{format_summary(summary)}\n\n{format_checks(checks)}\n"

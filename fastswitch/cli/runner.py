@@ -4,7 +4,12 @@ live view, obey keys and signals, then stop cleanly.
 Phases: ``offering`` (calls are offered; ``paused`` while the ``p`` key holds it), then
 ``draining`` (no new calls; the calls in progress end by their hold time, for at most the
 drain time), then ``stopping`` (``hupall`` sent; waiting briefly for the last legs), then
-the originator is shut down so that every worker flushes and closes its CDR file.
+the originator is shut down so that every worker flushes and closes its CDR file, and
+:meth:`LoadTest.finish` shows the ``done`` line from the run's records (the report's figures).
+
+Once the offering has stopped, the live rate is the offering period's: calls offered per
+second of offering time against the time-averaged target, the figures the report's
+``--min-rate`` check uses (a sliding window would show a rate that is no longer offered).
 """
 
 from __future__ import annotations
@@ -90,7 +95,11 @@ class RunOutcome:
     @property
     def achieved_rate(self) -> float | None:
         """Calls offered per second of offering time."""
-        return self.offered / self.offering_time if self.offering_time > 0 else None
+        return self.rate_of(self.offered)
+
+    def rate_of(self, offered: int) -> float | None:
+        """``offered`` calls per second of offering time (None before any offering)."""
+        return offered / self.offering_time if self.offering_time > 0 else None
 
     def save(self) -> Path:
         """Write ``loadtest.json`` into the run directory."""
@@ -182,6 +191,7 @@ class LoadTest:
         self._slave_meters: dict[str, RateMeter] = {}
         self._stops: StopRequests | None = None
         self._drain_interrupts = 0
+        self._last: tuple[Totals, float] = (Totals(), 0.0)
 
     # -- settings ------------------------------------------------------------------------
     def apply(self, sp: Setpoint) -> None:
@@ -256,12 +266,28 @@ class LoadTest:
         self._stop_deadline = time.monotonic() + HUPALL_WAIT
         self.message = "hung up all calls, waiting for the last legs"
 
-    def snapshot(self, tot: Totals, now: float, t_off: float) -> Snapshot:
-        """The live view's data at this tick."""
+    def snapshot(
+        self,
+        tot: Totals,
+        now: float,
+        t_off: float,
+        latency: tuple[float | None, float | None, float | None] | None = None,
+    ) -> Snapshot:
+        """The live view's data at this tick (``latency``: set-up p50/p95/p99 to show
+        instead of the live reader's)."""
         sp = self.applied or self.profile.setpoint(t_off)
-        lat = self.latency.percentiles()
+        lat = self.latency.percentiles() if latency is None else latency
+        offering = self.phase == "offering"
+        achieved = self.meter.update(now, tot.offered)
+        if offering:
+            target = 0.0 if self.paused else sp.rate
+        else:  # the offering period's averages, as the report's rate check has them
+            achieved = self.outcome.rate_of(tot.offered) or 0.0
+            target = self.outcome.target_rate or 0.0
         for s in tot.slaves:
             s.rate = self._slave_meters.setdefault(s.name, RateMeter(2.0)).update(now, s.offered)
+            if not offering:
+                s.rate = self.outcome.rate_of(s.offered) or 0.0
         rem = None if math.isinf(self.profile.length) else max(self.profile.length - t_off, 0.0)
         state = "paused" if self.paused and self.phase == "offering" else self.phase
         stage = None
@@ -272,8 +298,8 @@ class LoadTest:
             elapsed=now - self._t0,
             remaining=rem if self.phase == "offering" else None,
             state=state,
-            target_rate=0.0 if (self.paused or self.phase != "offering") else sp.rate,
-            achieved_rate=self.meter.update(now, tot.offered),
+            target_rate=target,
+            achieved_rate=achieved,
             active=tot.active,
             limit=sp.limit,
             offered=tot.offered,
@@ -339,6 +365,30 @@ class LoadTest:
                 tot.answered,
                 tot.failed,
             )
+            self._last = (tot, t_off)
         self.phase, self.message, self.keys = "done", None, None
-        self.output.update(self.snapshot(tot, time.monotonic(), t_off), force=True)
         return self.outcome
+
+    def finish(self, summary: dict[str, Any] | None) -> None:
+        """Show the final ``done`` line: with ``summary`` (:func:`fastswitch.measure.summarize`
+        of the run directory once the workers flushed their CDR files) the report's counts
+        and set-up percentiles, else the last live figures."""
+        tot, t_off = self._last
+        self.phase, self.message, self.keys = "done", None, None
+        if summary is None:
+            latency = self.latency.percentiles(force=True)
+        else:
+            setup = (summary.get("latency") or {}).get("call_setup_latency") or {}
+            latency = (setup.get("p50"), setup.get("p95"), setup.get("p99"))
+            tot = Totals(
+                offered=int(summary["offered"]),
+                answered=int(summary["answered"]),
+                failed=int(summary["failed"]),
+                active=0,  # the workers have stopped
+                causes=dict(summary.get("failed_by_cause") or {}),
+                slaves=[
+                    SlaveStats(name, int(g["offered"]), int(g["answered"]), int(g["failed"]), 0)
+                    for name, g in (summary.get("per_slave") or {}).items()
+                ],
+            )
+        self.output.update(self.snapshot(tot, time.monotonic(), t_off, latency), force=True)

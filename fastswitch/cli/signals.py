@@ -4,10 +4,12 @@ The first Ctrl-C (or a SIGTERM) asks the test to stop offering calls and let the
 progress end; a second Ctrl-C asks for every call to be hung up at once. The handler only
 counts: the run loop acts on the counts, so CDRs are always flushed and the report printed.
 
-:func:`children_ignore_sigint` is used while the originator and the simulator start their
-processes: an ignored signal stays ignored in a child, so a Ctrl-C typed in the terminal
-(which reaches the whole process group) only reaches this process, which coordinates the
-shutdown of the others.
+:func:`children_ignore_sigint` is used while the simulator starts its processes and while
+the originator shuts down: an ignored signal stays ignored in a child, so a Ctrl-C typed in
+the terminal (which reaches the whole process group) only reaches this process, which
+coordinates the shutdown of the others. :func:`interruptible_spawning` is used while the
+slaves are connected: the children still start with SIGINT ignored, but a Ctrl-C aborts
+the connect (:class:`Interrupted`).
 """
 
 from __future__ import annotations
@@ -65,3 +67,27 @@ def children_ignore_sigint() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, old)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C while the slaves were being connected or set up (before the test started)."""
+
+
+def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
+    # the clean-up that follows (stopping the children started so far) must not be cut short
+    # by a second Ctrl-C: ignored until the block restores the previous handler
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise Interrupted()
+
+
+@contextlib.contextmanager
+def interruptible_spawning() -> Iterator[None]:
+    """Let a Ctrl-C abort the block (it raises :class:`Interrupted`, a KeyboardInterrupt),
+    e.g. a slow connect. The worker and simulator processes started in it still begin with
+    SIGINT ignored: :func:`fastswitch._spawn.start_process` ignores it around each launch.
+    """
+    previous = signal.signal(signal.SIGINT, _raise_interrupted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -17,7 +17,7 @@ import os
 import signal
 from typing import Any
 
-from fastswitch._spawn import main_hidden
+from fastswitch._spawn import start_process
 
 from .config import SimConfig
 
@@ -138,8 +138,7 @@ class SimServer:
             daemon=True,
             name=f"fastswitch-sim-{self.cfg.port}",
         )
-        with main_hidden():
-            self.proc.start()
+        start_process(self.proc)
         child.close()
         self._conn = parent
         if not parent.poll(timeout):
