@@ -283,7 +283,16 @@ def parser_section(path: Path, d: dict[str, Any]) -> list[str]:
                 f"{_num(x.get('x_floor'), '.2f')} | {_num(x.get('x_switchio'), ',.1f')} |"
             )
             first = False
-    out += ["", "| target | measured (Cython) | verdict |", "|---|---|---|"]
+    out += [
+        "",
+        "events/s and MB/s: wall-clock medians; × floor: for fastswitch's parsers the median "
+        "CPU-time ratio of alternating floor and parser runs (the steadiest figure on a busy "
+        "machine), else the floor timed around the parser; × switchio: switchio's median time "
+        "over this parser's.",
+        "",
+        "| target | measured (Cython) | verdict |",
+        "|---|---|---|",
+    ]
     cy = {n: v["parsers"].get("cython", {}) for n, v in streams.items()}
     xf = {n: c["x_floor"] for n, c in cy.items() if "x_floor" in c}
     xs = {n: c["x_switchio"] for n, c in cy.items() if "x_switchio" in c}
