@@ -4,8 +4,9 @@ For each capture, the ``SEND`` lines of ``<name>.txt`` are sent to a fresh
 simulated server, each one once the simulator has sent as many messages as
 FreeSWITCH had when the command was originally sent (``rx_offset``). What comes
 back is compared with ``<name>.bin``: the sequence of content types, reply texts,
-api bodies, the event names in order per leg, the BACKGROUND_JOB results and the
-set of header names of every event. Only values that legitimately vary are
+api bodies, the event names in order per leg, the BACKGROUND_JOB results, the
+set of header names of every event and the values of the headers that do not vary
+between runs (:data:`VALUE_HEADERS`). Only values that legitimately vary are
 normalised (UUIDs, times, sequence numbers, host names, ports).
 """
 
@@ -228,6 +229,66 @@ def header_sets(frames: list[Frame]) -> dict[tuple[str, str, int], frozenset[str
     return out
 
 
+# headers whose values are the same in every run of a scenario (causes, states, SIP
+# outcome, the running app): compared value for value
+VALUE_HEADERS = (
+    "Hangup-Cause",
+    "variable_hangup_cause",
+    "variable_hangup_cause_q850",
+    "variable_sip_term_cause",
+    "variable_sip_reason",
+    "variable_sip_term_status",
+    "variable_sip_invite_failure_status",
+    "variable_proto_specific_hangup_cause",
+    "variable_sip_hangup_disposition",
+    "variable_current_application",
+    "variable_current_application_data",
+    "variable_last_app",
+    "variable_DP_MATCH",
+    "Application",
+    "Answer-State",
+    "Channel-Call-State",
+    "Channel-State",
+    "variable_endpoint_disposition",
+)
+
+
+RFC2822_RE = re.compile(r"\w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d [+-]\d{4}")
+
+
+def value_shape(value: str | None) -> str | None:
+    """A header value with the parts that vary per run (uuids, dates) normalised."""
+    return None if value is None else RFC2822_RE.sub("DATE", norm(value))
+
+
+def header_values(frames: list[Frame]) -> dict[tuple[str, str, int], dict[str, str | None]]:
+    """(leg, event, n-th of that event on the leg) -> the VALUE_HEADERS values."""
+    labels = leg_labels(frames)
+    seen: Counter[tuple[str, str]] = Counter()
+    out = {}
+    for f in frames:
+        if not f.is_event:
+            continue
+        ev = f.event
+        label = labels.get(ev.unique_id, "-") if ev.unique_id else "-"
+        k = (label, ev_name(f))
+        out[(label, ev_name(f), seen[k])] = {h: value_shape(ev.get(h)) for h in VALUE_HEADERS}
+        seen[k] += 1
+    return out
+
+
+def assert_values_match(capture: list[Frame], sim: list[Frame]) -> None:
+    cap, got = header_values(capture), header_values(sim)
+    diffs = {
+        (k, h): (cap[k][h], got[k][h])
+        for k in cap
+        if k in got
+        for h in VALUE_HEADERS
+        if cap[k][h] != got[k][h]
+    }
+    assert not diffs, diffs
+
+
 def run_capture(captures_dir: Path, name: str, **cfg: object) -> tuple[list[Frame], Replay]:
     capture = parse_all((captures_dir / f"{name}.bin").read_bytes())
     script = read_script(captures_dir / f"{name}.txt")
@@ -257,6 +318,7 @@ def assert_headers_match(capture: list[Frame], sim: list[Frame]) -> None:
         "b_event_plain_call",
         "b_event_plain_ALL_call",
         "c_event_json_call",
+        "g_bert",
         "k_ctl_answer",
         "l_ctl_respond404",
     ],
@@ -269,6 +331,7 @@ def test_capture_replays_exactly(captures_dir: Path, name: str) -> None:
     assert global_order(got.frames) == global_order(capture)
     assert job_results(got.frames) == job_results(capture)
     assert_headers_match(capture, got.frames)
+    assert_values_match(capture, got.frames)
 
 
 # -- captures whose interleaving depends on timing: per-leg order and sets ----------------
@@ -294,3 +357,4 @@ def test_capture_replays_per_leg(captures_dir: Path, name: str, cfg: dict[str, o
     assert per_leg(got.frames) == per_leg(capture)
     assert job_results(got.frames) == job_results(capture)
     assert_headers_match(capture, got.frames)
+    assert_values_match(capture, got.frames)

@@ -255,7 +255,7 @@ def _row(leg: Leg, core: Core) -> dict[str, str]:
         "call_uuid": leg.uuid if a else "",
         "sent_callee_name": "",
         "sent_callee_num": "",
-        "initial_cid_name": "",
+        "initial_cid_name": "" if a else "0000000000",
         "initial_cid_num": "0000000000",
         "initial_ip_addr": "" if a else "127.0.0.1",
         "initial_dest": leg.dest,
@@ -283,7 +283,8 @@ def cmd_show(core: Core, arg: str) -> str:
         if as_json:
             if not rows:
                 return '{"row_count": 0}\n'
-            return json.dumps({"row_count": len(rows), "rows": rows}, separators=(",", ":")) + "\n"
+            # no trailing newline once there are rows (capture h: the body ends "}]}")
+            return json.dumps({"row_count": len(rows), "rows": rows}, separators=(",", ":"))
         if not rows:
             return "\n0 total.\n"
         lines = [",".join(cols)] + [",".join(r[c] for c in cols) for r in rows]
@@ -424,6 +425,7 @@ def cmd_sim(core: Core, arg: str) -> str:
                     "sequence": core.seq,
                     "listeners": len(core.listeners),
                     "sip_calls": core.sip.calls if core.sip else 0,
+                    "sps_tokens": core.sps_tokens,
                 }
             )
             + "\n"

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .config import Q850, SIP_CAUSES
+from .config import SIP_CAUSES, cause_number, cause_q850, sip_reason
 from .templates import enc_url
 
 if TYPE_CHECKING:
@@ -388,6 +388,7 @@ class Leg:
             raw["app_data"] = data
             url.pop("app_data", None)
             js.pop("app_data", None)
+            enc.drop_derived("app_data")
 
     def execute(
         self,
@@ -551,9 +552,13 @@ class Leg:
         term_status: str = "",
         notify: bool = True,
         reason: bool = False,
+        far_cause: str = "",
     ) -> None:
         """Hang up this leg: the captured order HANGUP, EXECUTE_COMPLETE(apps), STATE,
-        CALLSTATE(HANGUP), STATE, HANGUP_COMPLETE, [BACKGROUND_JOB], DESTROY, STATE."""
+        CALLSTATE(HANGUP), STATE, HANGUP_COMPLETE, [BACKGROUND_JOB], DESTROY, STATE.
+
+        ``reason``: the far end's BYE/CANCEL/refusal carried a Reason header made from
+        its cause ``far_cause`` (default: ``cause``)."""
         if self.hungup:
             return
         self.hungup = True
@@ -572,13 +577,27 @@ class Leg:
         core = self.core
         self.cause = cause
         enc = self.enc
+        if not self.call_id and self.role == "A":
+            # refused before its INVITE went out (unreachable, reject mix): sofia made a
+            # Call-ID for it anyway (capture d)
+            self.call_id = core.new_uuid()
+            enc.set_plain("call_id", self.call_id)
         enc.set_plain("cause", cause)
-        enc.set_plain("q850", str(Q850.get(cause, 16)))
+        enc.set_plain("q850", str(cause_q850(cause)))
         enc.set_plain("disposition", disposition)
-        if term_status or disposition == "recv_bye":
+        # the SIP side of the hangup, as sofia records it (captures b, d, k, l, m, s):
+        # only a leg that received the final word has a term status and cause
+        if disposition.startswith("recv_"):
             status = term_status or "200"
             enc.set_plain("term_status", status)
             enc.set("proto_cause", f"sip:{status}")
+            enc.set_plain("term_cause", str(cause_number(cause)))
+            if disposition != "recv_bye":
+                enc.set_plain("invite_failure", status)
+        elif disposition == "send_cancel":
+            enc.set_plain("invite_failure", "487")
+        if reason:
+            enc.set("sip_reason", sip_reason(far_cause or cause))
         self.mark("hangup")
         self.set_answer("hangup")
         self.fire("CHANNEL_HANGUP")
@@ -604,9 +623,10 @@ class Leg:
                 if answered:
                     self.send("BYE", cause)
                 else:
-                    # a bare `respond` code carries no Reason header; a hangup cause does
+                    # sofia adds "Reason: Q.850;cause=<this leg's cause>" to the refusal
+                    # (capture l: respond 404 gives the A-leg sip_reason cause=1)
                     code = CAUSE_SIP.get(cause, 503) if not term_status else int(term_status)
-                    self.send("REJECT", code, cause, not term_status)
+                    self.send("REJECT", code, cause, True)
         self.set_state("CS_HANGUP")
         self.set_callstate("HANGUP")
         self.set_state("CS_REPORTING")
@@ -891,11 +911,24 @@ APPS: dict[str, Callable[[Leg, str, Callable[[], None] | None], None]] = {
 }
 
 
+def dp_match(dest: str, core: Core) -> str:
+    """``variable_DP_MATCH`` of an inbound leg: the regex captures of its extension
+    (``ARRAY::doggy|:doggy``; the bert, busy and vanilla catch-all extensions have none:
+    captures d, g)."""
+    if (
+        dest == "doggy"
+        or dest.startswith(("park", "ctl", "control", "nosuch", "404"))
+        or (dest not in ("bert", "busy") and core.cfg.dialplan != "vanilla")
+    ):
+        return f"ARRAY::{dest}|:{dest}"
+    return ""
+
+
 def dialplan(dest: str, core: Core) -> list[tuple[str, str]]:
     """The public-context dialplan of the captures' FreeSWITCH (plus switchio's park-all).
 
     ``doggy``/``park*`` answer+park, ``ctl*``/``control*`` park only (unanswered),
-    ``bert`` answer+bert_test, ``tone`` answer+tone playback, ``busy`` respond 486,
+    ``bert`` set bert_timeout_ms=5000+answer+bert_test, ``tone`` answer+tone playback, ``busy`` respond 486,
     ``nosuch*``/``404*`` hangup NO_ROUTE_DESTINATION, anything else park unanswered
     (with ``dialplan="vanilla"``: set/export, then hang up NORMAL_CLEARING, i.e. a 480).
     ``answer_delay`` makes the answering extensions ring (180) first.
@@ -906,12 +939,12 @@ def dialplan(dest: str, core: Core) -> list[tuple[str, str]]:
         return ring + [("answer", ""), ("park", "")]
     if dest.startswith("ctl") or dest.startswith("control"):
         return [("park", "")]
-    if dest == "bert":
-        return ring + [("answer", ""), ("bert_test", "")]
+    if dest == "bert":  # capture g: set, answer, bert_test
+        return [("set", "bert_timeout_ms=5000")] + ring + [("answer", ""), ("bert_test", "")]
     if dest == "tone":
         return ring + [("answer", ""), ("playback", "tone_stream://%(251,0,1004);loops=-1")]
     if dest == "busy":
-        return [("respond", "486")]
+        return [("respond", "486 Busy Here")]  # capture d
     if dest.startswith("nosuch") or dest.startswith("404"):
         return [("hangup", "NO_ROUTE_DESTINATION")]
     if core.cfg.dialplan == "vanilla":

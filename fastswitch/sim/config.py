@@ -55,7 +55,8 @@ SIP_CAUSES: dict[int, str] = {
     604: "NO_ROUTE_DESTINATION",
     606: "INCOMPATIBLE_DESTINATION",
 }
-# Q.850 numbers of the causes the simulator produces.
+# FreeSWITCH's numbers (switch_call_cause_t) of the causes the simulator produces: the
+# Q.850 cause values, and FreeSWITCH's own causes above INTERWORKING (127).
 Q850: dict[str, int] = {
     "UNALLOCATED_NUMBER": 1,
     "NO_ROUTE_DESTINATION": 3,
@@ -81,6 +82,35 @@ Q850: dict[str, int] = {
     "MEDIA_TIMEOUT": 604,
     "MANAGER_REQUEST": 503,
 }
+
+
+INTERWORKING = 127
+# the Reason header FreeSWITCH's sofia puts in a BYE/CANCEL/refusal for a cause above
+# 127: "SIP;cause=N". Capture k shows N = 802 for ALLOTTED_TIMEOUT (602); the same
+# offset is assumed for the other non-Q.850 causes.
+_SIP_REASON_OFFSET = 200
+
+
+def cause_number(cause: str) -> int:
+    """FreeSWITCH's number of a hangup cause (``variable_sip_term_cause``: 487 for
+    ORIGINATOR_CANCEL, capture m)."""
+    return Q850.get(cause, 16)
+
+
+def cause_q850(cause: str) -> int:
+    """``variable_hangup_cause_q850``: switch_channel_get_cause_q850() maps every cause
+    above INTERWORKING (127) to NORMAL_CLEARING (16) (captures k, m)."""
+    n = Q850.get(cause, 16)
+    return n if n <= INTERWORKING else 16
+
+
+def sip_reason(cause: str) -> str:
+    """The Reason header FreeSWITCH sends with ``cause`` (``variable_sip_reason`` on the
+    leg that receives it): ``Q.850;cause=16;text="NORMAL_CLEARING"`` (captures b, l, m, o)."""
+    n = Q850.get(cause, 16)
+    if 0 < n <= INTERWORKING:
+        return f'Q.850;cause={n};text="{cause}"'
+    return f'SIP;cause={n + _SIP_REASON_OFFSET};text="{cause}"'
 
 
 def reject_cause(code: int | str) -> tuple[int, str]:

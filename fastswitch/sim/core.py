@@ -76,6 +76,8 @@ def event_headers(
         if "\x01" in v:
             parts = v.split("\x01")
             v = "".join(values.get(p, "") if i % 2 else p for i, p in enumerate(parts))
+            if not v and len(parts) == 3 and parts[1] in templates.OPTIONAL_SLOTS:
+                continue  # an empty optional header is not sent
         out.setdefault(k.lower(), v)
     return out
 
@@ -172,11 +174,14 @@ class Core:
 
     # -- sessions ------------------------------------------------------------------------
     def take_session(self) -> bool:
-        """Account one new session; False when sps or max_sessions refuse it."""
-        if self.session_count + 1 > self.cfg.max_sessions:
-            return False
+        """Account one new session; False when sps or max_sessions refuse it.
+
+        As switch_core_session_request_uuid: the sps token is taken first, so a session
+        that max_sessions then refuses has still used one."""
         self.sps_tokens -= 1
         if self.sps_tokens <= 0:
+            return False
+        if self.session_count + 1 > self.cfg.max_sessions:
             return False
         self.session_count += 1
         self.sessions_since_startup += 1
@@ -218,6 +223,10 @@ class Core:
             "disposition": "",
             "term_status": "",
             "proto_cause": "",
+            "term_cause": "",
+            "invite_failure": "",
+            "sip_reason": "",
+            "dp_match": "",
             "app": "",
             "app_data": "",
             "app_uuid": "",

@@ -90,12 +90,21 @@ NAME_SLOTS = {
     "Channel-Call-UUID": "uuid",
     "variable_uuid": "uuid",
     "variable_call_uuid": "uuid",
-    "variable_current_application": "app",
+    # the app started last (FreeSWITCH never clears it; same as last_app, which only the
+    # CDR events show): on an EXECUTE_COMPLETE(park) after a sendmsg app it names that app
+    "variable_current_application": "last_app",
     "variable_last_app": "last_app",
+    "variable_current_application_data": "last_arg",  # the data of that app
     "variable_last_arg": "last_arg",
     "variable_sip_term_status": "term_status",
-    "variable_sip_term_cause": "q850",
-    "variable_sip_invite_failure_status": "term_status",
+    # the leg's own cause number (not mapped to Q.850: 487 for ORIGINATOR_CANCEL, capture m)
+    "variable_sip_term_cause": "term_cause",
+    # 487 on a cancelled A-leg, which has no sip_term_status (capture m)
+    "variable_sip_invite_failure_status": "invite_failure",
+    # the Reason header the far end sent, from its cause (captures b, k, l, m)
+    "variable_sip_reason": "sip_reason",
+    # the dialplan's regex captures: only some extensions have them (none for bert, g)
+    "variable_DP_MATCH": "dp_match",
     "variable_proto_specific_hangup_cause": "proto_cause",
     "variable_session_id": "session_id",
     "variable_sip_call_id": "call_id",
@@ -251,7 +260,8 @@ def templatize(pairs, role, uuid, dest, requri, core, block_names):
                 block_at = len(out)
                 out.append([slot(block_name), ""])
             continue
-        if role == "B" and k.startswith("variable_sip_h_X-"):
+        if role == "B" and (k.startswith("variable_sip_h_X-") or k[9:] in block_names):
+            # the X- headers, and variables the dialplan set (set/export): the leg's own
             if block_at is None:
                 block_at = len(out)
                 out.append([slot(block_name), ""])
@@ -303,7 +313,9 @@ def extract(captures: Path) -> dict:
                     info["requri"] = d["variable_sip_req_uri"]
                 if role == "A" and uid not in ovars and name != "d_originate_fail":
                     continue
-                block = set(ovars.get(uid, ()))
+                block = (
+                    set(ovars.get(uid, ())) if role == "A" else info.setdefault("setvars", set())
+                )
                 # apps running on this leg (an app started on top of park is "nested")
                 stack = info.setdefault("apps", [])
                 ename = d.get("Event-Name")
@@ -311,6 +323,9 @@ def extract(captures: Path) -> dict:
                 if ename == "CHANNEL_EXECUTE":
                     nested = bool(stack)
                     stack.append(d.get("Application"))
+                    if role == "B" and d.get("Application") in ("set", "export"):
+                        # from its EXECUTE_COMPLETE on, the variable is the leg's own
+                        block.add(d.get("Application-Data", "").partition("=")[0].strip())
                 elif ename == "CHANNEL_EXECUTE_COMPLETE":
                     if d.get("Application") in stack:
                         idx = len(stack) - 1 - stack[::-1].index(d.get("Application"))

@@ -28,6 +28,12 @@ _SOFIA_RE = re.compile(r"sofia/([^/]+)/(.*)$")
 _APP_RE = re.compile(r"&([^(\s]+)(?:\(([^)]*)\)?)?")
 
 
+# switch_separate_string's escapes: a backslash before a quote, the delimiter (space) or
+# a backslash escapes it; \n \r \t \s become the character; before anything else
+# (``\,`` in ``{var=a\,b}``) the backslash stays, for the variable parser
+_UNESCAPE = {"'": "'", '"': '"', " ": " ", "\\": "\\", "n": "\n", "r": "\r", "t": "\t", "s": " "}
+
+
 def split_args(text: str) -> list[str]:
     """Split on spaces honouring single quotes and backslash escapes (switch_separate_string)."""
     if "'" not in text and "\\" not in text:
@@ -40,7 +46,9 @@ def split_args(text: str) -> list[str]:
     while i < len(text):
         c = text[i]
         if c == "\\" and i + 1 < len(text):
-            cur.append(text[i + 1])
+            nxt = text[i + 1]
+            esc = _UNESCAPE.get(nxt)
+            cur.append(esc if esc is not None else c + nxt)
             has = True
             i += 2
             continue

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .channel import Leg, bert_peer, dialplan
+from .channel import Leg, bert_peer, dialplan, dp_match
 
 if TYPE_CHECKING:
     from .core import Core
@@ -195,17 +195,19 @@ class SipLink:
             leg = self.b_dialogs.get(cid)
             if leg is None:
                 return
-            reason = True  # FreeSWITCH's BYE/CANCEL carry "Reason: Q.850;cause=..."
+            # FreeSWITCH's BYE/CANCEL carry "Reason: Q.850;cause=<the caller's cause>"
+            far = str(msg[2]) if len(msg) > 2 and msg[2] else "NORMAL_CLEARING"
             if kind == "CANCEL":
                 leg.hangup(
                     "ORIGINATOR_CANCEL",
                     "recv_cancel",
                     term_status="487",
                     notify=False,
-                    reason=reason,
+                    reason=True,
+                    far_cause=far,
                 )
             elif kind == "BYE":
-                leg.hangup("NORMAL_CLEARING", "recv_bye", notify=False, reason=reason)
+                leg.hangup("NORMAL_CLEARING", "recv_bye", notify=False, reason=True, far_cause=far)
             elif kind == "BERT":
                 bert_peer(leg, float(msg[2]) if len(msg) > 2 else 0.0)
             return
@@ -224,7 +226,8 @@ class SipLink:
             reason = bool(msg[4]) if len(msg) > 4 else False
             leg.hangup(msg[3], "recv_refuse", term_status=str(msg[2]), notify=False, reason=reason)
         elif kind == "BYE":
-            leg.hangup("NORMAL_CLEARING", "recv_bye", notify=False, reason=True)
+            far = str(msg[2]) if len(msg) > 2 and msg[2] else "NORMAL_CLEARING"
+            leg.hangup("NORMAL_CLEARING", "recv_bye", notify=False, reason=True, far_cause=far)
         elif kind == "BERT":
             bert_peer(leg, float(msg[2]) if len(msg) > 2 else 0.0)
 
@@ -248,6 +251,9 @@ class SipLink:
         leg.peer = chan
         leg.call_id = cid
         leg.enc.set_plain("call_id", cid)
+        match = dp_match(dest, core)
+        if match:
+            leg.enc.set("dp_match", match)
         self.b_dialogs[cid] = leg
         leg.set_state("CS_NEW")
         leg.set_state("CS_INIT")

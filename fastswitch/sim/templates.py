@@ -17,6 +17,15 @@ bert_lost_count`` plus heartbeat counters. Block slots ``@VARS:<p|t|l|x>`` and
 ``@XHDRS:<...>`` expand a list of ``(variable, value)`` pairs into one
 ``variable_<name>`` header each (``p`` plain, ``t``/``l`` json with a trailing or
 leading comma, ``x`` xml); ``#body:<p|j|x>`` is an event body.
+
+FreeSWITCH never sends a header with an empty value (an unset channel variable has
+no header at all). A header whose whole value is one of the :data:`OPTIONAL_SLOTS`
+(values that are empty in some states: the hangup cause before the hangup, the SIP
+status of a leg that sent its BYE, ...) is therefore compiled into one *derived* slot
+``?<p|x|j><slot>\x00<header>`` holding the whole header (``name: value\n``, the xml
+element, or the json member after its comma), or nothing while the value is empty.
+Derived values are computed when first rendered and dropped when their slot is set
+(:meth:`Encoded.set` and friends), so rendering does no extra work.
 """
 
 from __future__ import annotations
@@ -67,6 +76,37 @@ def json_escape(value: str) -> str:
 
 def xml_escape(value: str) -> str:
     return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+# slots whose value can be empty: a header showing only such a slot is left out while
+# the value is empty (see the module doc)
+OPTIONAL_SLOTS = frozenset(
+    "cause q850 term_cause disposition term_status proto_cause invite_failure sip_reason "
+    "app_data last_app last_arg call_id dp_match".split()
+)
+# optional slot -> the derived keys compiled templates use for it (dropped when it is set)
+_DERIVED: dict[str, list[str]] = {}
+
+
+def _derived_key(fmt: str, slot: str, header: str) -> str:
+    key = f"?{fmt[0]}{slot}\x00{header}"
+    keys = _DERIVED.setdefault(slot, [])
+    if key not in keys:
+        keys.append(key)
+    return key
+
+
+def encode_optional(key: str, value: bytes) -> bytes:
+    """The derived slot ``key`` (``?<p|x|j><slot>\\x00<header>``) for an encoded value."""
+    if not value:
+        return b""
+    header = key[2:].partition("\x00")[2].encode()
+    kind = key[1]
+    if kind == "p":
+        return b"%s: %s\n" % (header, value)
+    if kind == "x":
+        return b"<%s>%s</%s>" % (header, value, header)
+    return b',"%s":"%s"' % (header, value)  # json: with its leading comma
 
 
 _URL_CACHE: dict[str, bytes] = {}
@@ -123,7 +163,19 @@ class _Encodings(dict):  # type: ignore[type-arg]
     __slots__ = ("encode", "raw", "blocks", "lazy")
 
     def __missing__(self, key: str) -> bytes:
-        if key[0] == "#":
+        if key[0] == "?":
+            slot = key[2:].partition("\x00")[0]
+            raw = self.raw.get(slot, "")
+            if key[1] == "j" and raw.startswith("ARRAY::"):  # a multi-valued variable
+                items = json.dumps(raw[7:].split("|:"), ensure_ascii=False, separators=(",", ":"))
+                b = b',"%s":%s' % (key[2:].partition("\x00")[2].encode(), items.encode())
+            else:
+                try:
+                    v = self[slot]
+                except KeyError:  # a slot this event source does not have: no header
+                    v = b""
+                b = encode_optional(key, v)
+        elif key[0] == "#":
             b = encode_body(key, self.raw.get("#body"))
         elif key[0] == "@":
             name, _, pos = key[1:].partition(":")
@@ -183,6 +235,8 @@ class Encoded:
             raw[key] = value
             self.url.pop(key, None)
             self.json.pop(key, None)
+            if key in OPTIONAL_SLOTS:
+                self.drop_derived(key)
 
     def set_plain(self, key: str, value: str) -> None:
         """Set a value that needs no encoding in any format (digits, uuids, state and
@@ -191,6 +245,15 @@ class Encoded:
         b = value.encode()
         self.url[key] = b
         self.json[key] = b
+        if key in OPTIONAL_SLOTS:
+            self.drop_derived(key)
+
+    def drop_derived(self, key: str) -> None:
+        """Forget the derived (optional-header) values of slot ``key`` after it changed."""
+        url, js = self.url, self.json
+        for k in _DERIVED.get(key, ()):
+            url.pop(k, None)
+            js.pop(k, None)
 
     def warm(self) -> Encoded:
         """Encode every raw value now (for templates of values shared by many legs)."""
@@ -205,6 +268,8 @@ class Encoded:
             raw[k] = v
             url.pop(k, None)
             js.pop(k, None)
+            if k in OPTIONAL_SLOTS:
+                self.drop_derived(k)
 
     def copy(self) -> Encoded:
         """An independent copy (cheap: a few dict copies, encodings kept)."""
@@ -341,14 +406,30 @@ def _compile(tpl: Template, fmt: str) -> Compiled:
         pieces.append(b"{")
     elif fmt == "xml":
         pieces.append(b"<event><headers>")
+    # json: an optional header (and a block just before one, or at the end) brings its
+    # own leading comma, so the header before it writes none
+    optional = [
+        i > 0
+        and not k.startswith("\x01")
+        and (m := _SLOT_RE.fullmatch(v)) is not None
+        and m.group(1) in OPTIONAL_SLOTS
+        for i, (k, v) in enumerate(headers)
+    ]
+    leads = [
+        optional[i] or (k.startswith("\x01") and (i == n - 1 or optional[i + 1]))
+        for i, (k, _v) in enumerate(headers)
+    ]
     for i, (k, v) in enumerate(headers):
         last = i == n - 1
         if k.startswith("\x01"):
             pieces.append(b"%s")
-            pos = {"plain": "p", "xml": "x"}.get(fmt) or ("l" if last else "t")
+            pos = {"plain": "p", "xml": "x"}.get(fmt) or ("l" if leads[i] else "t")
             slots.append(f"@{k[1:-1]}:{pos}")
             continue
-        if fmt == "plain":
+        if optional[i]:
+            pieces.append(b"%s")  # the whole header, or nothing while the value is empty
+            slots.append(_derived_key(fmt, v[1:-1], k))
+        elif fmt == "plain":
             lit(k + ": ", "raw")
             value(v, "url")
             pieces.append(b"\n")
@@ -365,8 +446,8 @@ def _compile(tpl: Template, fmt: str) -> Compiled:
                 pieces.append(b'"')
                 value(v, "json")
                 pieces.append(b'"')
-            if not last:
-                pieces.append(b",")
+        if fmt == "json" and not last and not leads[i + 1]:
+            pieces.append(b",")
     if fmt == "plain":
         if tpl.has_body:
             pieces.append(b"%s")
