@@ -191,6 +191,11 @@ def test_commands_before_auth_and_unknown_commands(server: SimServer) -> None:
         assert c.command("EVENT plain CHANNEL_CREATE") == "+OK event listener enabled plain"
         assert c.command("event plain NOT_AN_EVENT") == "-ERR no keywords supplied"
         assert c.command("noevents") == "+OK no longer listening for events"
+        assert c.command("noevents") == "-ERR not listening for events"
+        # nixevent of every name keeps the listener flag: noevents still says +OK
+        assert c.command("event plain CHANNEL_CREATE") == "+OK event listener enabled plain"
+        assert c.command("nixevent CHANNEL_CREATE") == "+OK events nixed"
+        assert c.command("noevents") == "+OK no longer listening for events"
         assert c.command("exit") == "+OK bye"
         assert c.next_frame().content_type == "text/disconnect-notice"
     finally:
@@ -407,6 +412,16 @@ def test_hupall_plain_and_by_variable(esl: Esl, server: SimServer) -> None:
         a, b = esl.legs(u)
         assert b[-1].var("sip_hangup_disposition") == "send_bye"  # matched directly
     assert esl.api("hupall") == "+OK hangup all channels with cause MANAGER_REQUEST\n"
+    # mod_commands' parsing: a cause by name in any case or by number, an unknown one is
+    # MANAGER_REQUEST; the value is the rest of the line (one variable is matched)
+    assert esl.api("hupall user_busy") == "+OK hangup all channels with cause USER_BUSY\n"
+    assert esl.api("hupall 17") == "+OK hangup all channels with cause USER_BUSY\n"
+    assert esl.api("hupall NO_SUCH_CAUSE") == (
+        "+OK hangup all channels with cause MANAGER_REQUEST\n"
+    )
+    assert esl.api("hupall NORMAL_CLEARING a b c") == (
+        "+OK hangup all channels matching [a]=[b c] with cause: NORMAL_CLEARING\n"
+    )
 
 
 def test_uuid_kill_with_cause_and_sched_hangup(esl: Esl, server: SimServer) -> None:

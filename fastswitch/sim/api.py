@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from . import faults
 from .channel import Leg, sched_hangup
-from .config import SimConfig
+from .config import SimConfig, str2cause
 from .core import uptime_text
 from .originate import originate
 
@@ -204,17 +204,20 @@ def cmd_sched_hangup(core: Core, arg: str) -> str:
 
 
 def cmd_hupall(core: Core, arg: str) -> str:
-    parts = arg.split()
-    cause = parts[0].upper() if parts else "MANAGER_REQUEST"
-    pairs = list(zip(parts[1::2], parts[2::2], strict=False))
+    """``hupall [cause] [var value]`` as mod_commands parses it: at most three words (the
+    value is the rest of the line), the cause by name or number (an unknown one hangs up
+    with MANAGER_REQUEST), and one variable to match."""
+    parts = arg.split(None, 2)
+    cause = (str2cause(parts[0]) if parts else None) or "MANAGER_REQUEST"
+    var = parts[1] if len(parts) == 3 else None
+    val = parts[2] if var is not None else None
     for leg in list(core.legs.values()):
         if leg.hungup:
             continue
-        if all(leg.getvar(k) == v for k, v in pairs):
+        if var is None or leg.getvar(var) == val:
             leg.hangup(cause)
-    if pairs:
-        k, v = pairs[0]
-        return f"+OK hangup all channels matching [{k}]=[{v}] with cause: {cause}\n"
+    if var is not None:
+        return f"+OK hangup all channels matching [{var}]=[{val}] with cause: {cause}\n"
     return f"+OK hangup all channels with cause {cause}\n"
 
 

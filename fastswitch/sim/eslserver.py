@@ -65,6 +65,9 @@ class EslConnection(asyncio.Protocol):
         self.fmt = "plain"
         self.subs: set[str] = set()
         self.all = False
+        #: mod_event_socket's LFLAG_EVENTS: set by a successful ``event``, cleared only by
+        #: ``noevents`` (a ``nixevent`` that removes every name leaves it set)
+        self.events_on = False
         self.excluded: set[str] = set()
         self.custom: set[str] = set()
         self.filters: list[tuple[str, str]] = []
@@ -343,7 +346,8 @@ class EslConnection(asyncio.Protocol):
         elif low.startswith("nixevent"):
             w(reply(self._nixevent(cmd[8:].strip())))
         elif low.startswith("noevents"):
-            was = self.all or bool(self.subs) or bool(self.custom)
+            was = self.events_on
+            self.events_on = False
             self.all = False
             self.subs.clear()
             self.custom.clear()
@@ -387,6 +391,7 @@ class EslConnection(asyncio.Protocol):
         self.core.add_listener(self)
         if not any_ok:
             return "-ERR no keywords supplied"
+        self.events_on = True
         return f"+OK event listener enabled {fmt}"
 
     def _nixevent(self, arg: str) -> str:
