@@ -409,7 +409,7 @@ class EngineRig:
         return t
 
     def _peak_counter_active(self, since: float) -> int:
-        """Highest cluster-wide ``active_calls`` in the per-second counters since ``since``."""
+        """Highest cluster-wide ``active_calls`` in the per-worker counters since ``since``."""
         from fastswitch.measure import read_counters
 
         try:
@@ -419,12 +419,16 @@ class EngineRig:
         if tbl.num_rows == 0:
             return 0
         rows = tbl.select(["time", "worker", "active_calls"]).to_pylist()
-        per_sec: dict[int, int] = {}
-        for r in rows:
+        # each worker's count holds until its next row (a worker may write several rows in
+        # a second: offering started, its share changed): the cluster's total at each row
+        # is the sum of every worker's latest count
+        latest: dict[Any, int] = {}
+        peak = 0
+        for r in sorted(rows, key=lambda r: r["time"]):
+            latest[r["worker"]] = int(r["active_calls"])
             if r["time"] >= since:
-                k = int(r["time"])
-                per_sec[k] = per_sec.get(k, 0) + int(r["active_calls"])
-        return max(per_sec.values(), default=0)
+                peak = max(peak, sum(latest.values()))
+        return peak
 
 
 def search_rate(
