@@ -381,12 +381,20 @@ def headline(found: dict[str, tuple[Path, dict[str, Any]]]) -> str:
                 f"beside it | {_num(one['calls_per_worker_cpu_s'])} calls per worker CPU-s | "
                 f"≥ {_num(tr)} calls/s | {_verdict(one['best_rate'] >= tr)} (sustained), "
                 f"{_verdict(one['calls_per_worker_cpu_s'] >= tr)} (per worker CPU-s) |",
-                f"| worker CPU per call | {_num(one['worker_us_per_call'])} µs | idle worker "
-                f"{_num(one.get('worker_net_us_per_call'))} µs net | – | < {_num(tus)} µs | "
+                f"| worker CPU per call | {_num(one['worker_us_per_call'])} µs | net of the idle "
+                f"worker's CPU: {_num(one.get('worker_net_us_per_call'))} µs | – | < {_num(tus)} µs | "
                 f"{_verdict(one['worker_us_per_call'] < tus)} |",
                 f"| parent CPU | {_num(100 * one['parent_cpu_share'], '.1f')}% of a core | – | – | "
                 f"near zero | {_verdict(one['parent_cpu_share'] < 0.05)} |",
             ]
+        for k in sorted(d.get("rate_search", {}), key=int):
+            r = d["rate_search"][k]
+            if k != "1":
+                rows.append(
+                    f"| top sustained rate, {k} workers + {k} simulated slaves on 2 cores | "
+                    f"{_num(r['best_rate'])} calls/s | {_num(r['best_rate_per_worker'])} per worker"
+                    f" | {_num(r['calls_per_worker_cpu_s'])} calls per worker CPU-s | – | – |"
+                )
         mem = d.get("memory")
         if mem:
             rows.append(
@@ -401,6 +409,14 @@ def headline(found: dict[str, tuple[Path, dict[str, Any]]]) -> str:
                 f"| CDR rows written (Arrow IPC) | {_num(cdr['rows_per_s'])} rows/s | "
                 f"`list.append` {_num(cdr['list_append_rows_per_s'])} rows/s | – | – | – |"
             )
+            if one:
+                share = cdr["us_per_row"] / one["worker_us_per_call"]
+                rows.append(
+                    f"| CDR recording's share of a worker's CPU at its top rate | "
+                    f"{_num(100 * share, '.1f')}% | {_num(cdr['us_per_row'], '.2f')} µs/row of "
+                    f"{_num(one['worker_us_per_call'])} µs/call | – | < 5% | "
+                    f"{_verdict(share < 0.05)} |"
+                )
     if "peers" in found:
         d = found["peers"][1]
         f, s = d.get("fastswitch"), d.get("switchio")
