@@ -17,12 +17,14 @@ import re
 import socket
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from fastswitch.esl import Frame, Parser
+from fastswitch.esl import Event, Frame, Parser
 from fastswitch.sim import SimServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -213,8 +215,8 @@ def job_results(frames: list[Frame]) -> Counter[str]:
 ACK_RACE = frozenset({"variable_sip_cseq", "variable_sip_to_tag"})
 
 
-def header_sets(frames: list[Frame]) -> dict[tuple[str, str, int], frozenset[str]]:
-    """(leg, event, n-th of that event on the leg) -> header names (minus ACK races)."""
+def per_event(frames: list[Frame], read: Callable[[Event], Any]) -> dict[tuple[str, str, int], Any]:
+    """(leg, event, n-th of that event on the leg) -> ``read(event)``, for every event."""
     labels = leg_labels(frames)
     seen: Counter[tuple[str, str]] = Counter()
     out = {}
@@ -224,9 +226,14 @@ def header_sets(frames: list[Frame]) -> dict[tuple[str, str, int], frozenset[str
         ev = f.event
         label = labels.get(ev.unique_id, "-") if ev.unique_id else "-"
         k = (label, ev_name(f))
-        out[(label, ev_name(f), seen[k])] = frozenset(ev.keys()) - ACK_RACE
+        out[(label, ev_name(f), seen[k])] = read(ev)
         seen[k] += 1
     return out
+
+
+def header_sets(frames: list[Frame]) -> dict[tuple[str, str, int], frozenset[str]]:
+    """(leg, event, n-th of that event on the leg) -> header names (minus ACK races)."""
+    return per_event(frames, lambda ev: frozenset(ev.keys()) - ACK_RACE)
 
 
 # headers whose values are the same in every run of a scenario (causes, states, SIP
@@ -263,18 +270,7 @@ def value_shape(value: str | None) -> str | None:
 
 def header_values(frames: list[Frame]) -> dict[tuple[str, str, int], dict[str, str | None]]:
     """(leg, event, n-th of that event on the leg) -> the VALUE_HEADERS values."""
-    labels = leg_labels(frames)
-    seen: Counter[tuple[str, str]] = Counter()
-    out = {}
-    for f in frames:
-        if not f.is_event:
-            continue
-        ev = f.event
-        label = labels.get(ev.unique_id, "-") if ev.unique_id else "-"
-        k = (label, ev_name(f))
-        out[(label, ev_name(f), seen[k])] = {h: value_shape(ev.get(h)) for h in VALUE_HEADERS}
-        seen[k] += 1
-    return out
+    return per_event(frames, lambda ev: {h: value_shape(ev.get(h)) for h in VALUE_HEADERS})
 
 
 def assert_values_match(capture: list[Frame], sim: list[Frame]) -> None:
