@@ -9,6 +9,7 @@ the captures in ``../shared/esl-captures`` show for the same situation.
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ import pytest
 from test_sim_features import SUBSCRIBE, Esl, doggy
 
 from fastswitch.commands import quote_value
-from fastswitch.esl import Event, Parser
+from fastswitch.esl import Event, Frame, Parser
 from fastswitch.sim import SimServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -303,3 +304,153 @@ def test_bert_extension_sets_its_timeout_first(esl: Esl, server: SimServer) -> N
     done = next(e for e in b if e.name == "CHANNEL_EXECUTE_COMPLETE")
     assert done.get("Application-Data") == "bert_timeout_ms=5000"
     assert done.var("bert_timeout_ms") == "5000"
+
+
+# -- 8. log/data (capture i) -------------------------------------------------------------
+
+
+class LogEsl(Esl):
+    """The test client, with the ``log/data`` messages kept apart from the replies."""
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        self.logs: list[Frame] = []
+        super().__init__(address)
+
+    def _fill(self, timeout: float) -> None:
+        super()._fill(timeout)
+        logs = [f for f in self.frames if f.content_type == "log/data"]
+        if logs:
+            self.logs += logs
+            self.frames = [f for f in self.frames if f.content_type != "log/data"]
+
+
+def header_names(f: Frame) -> list[str]:
+    head = f.raw.split(b"\n\n", 1)[0].decode()
+    return [line.partition(":")[0] for line in head.split("\n")]
+
+
+def log_texts(c: LogEsl) -> list[tuple[str, str]]:
+    """(User-Data, body) of every log line received."""
+    return [(f.get("User-Data", ""), f.body.decode()) for f in c.logs]
+
+
+@pytest.fixture
+def log_esl(server: SimServer) -> Iterator[LogEsl]:
+    c = LogEsl(server.address)
+    try:
+        yield c
+    finally:
+        c.api("hupall NORMAL_CLEARING")
+        c.close()
+
+
+def _capture_logs(captures_dir: Path) -> list[Frame]:
+    frames = Parser().feed((captures_dir / "i_log.bin").read_bytes())
+    logs = [f for f in frames if f.content_type == "log/data"]
+    assert len(logs) == 19
+    return logs
+
+
+def _logged_call(c: LogEsl, server: SimServer) -> tuple[str, str]:
+    """Capture i's call: answered, parked, then uuid_kill on the A-leg; (A, B) uuids."""
+    a, b = answered_call(c, server)
+    assert c.api(f"uuid_kill {a}") == "+OK\n"
+    c.wait_count("CHANNEL_DESTROY", 2)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not any(
+        u == b and "Close Channel" in t for u, t in log_texts(c)
+    ):
+        c._fill(0.05)
+    return a, b
+
+
+def test_log_7_sends_the_channel_lifecycle_as_log_data(
+    log_esl: LogEsl, server: SimServer, captures_dir: Path
+) -> None:
+    cap = _capture_logs(captures_dir)
+    cap_names = header_names(cap[0])
+    assert cap_names == [
+        "Content-Type",
+        "Content-Length",
+        "Log-Level",
+        "Text-Channel",
+        "Log-File",
+        "Log-Func",
+        "Log-Line",
+        "User-Data",
+    ]
+    assert log_esl.command("log 7") == "+OK log level 7 [7]"
+    a, b = _logged_call(log_esl, server)
+    mine = [f for f in log_esl.logs if f.get("User-Data") in (a, b)]
+    assert mine
+    for f in mine:
+        assert header_names(f) == cap_names
+        assert int(f.get("Content-Length")) == len(f.body)
+        assert f.body.endswith(b"\n")
+    texts = log_texts(log_esl)
+    a_name = next(t for u, t in texts if u == a and "New Channel" in t).split()[-2]
+    b_name = next(t for u, t in texts if u == b and "New Channel" in t).split()[-2]
+    for u, name in ((a, a_name), (b, b_name)):
+        lines = [t for uu, t in texts if uu == u]
+        wanted = [
+            f"New Channel {name} [{u}]\n",
+            f"Channel [{name}] has been answered\n",
+            f"EXECUTE [depth=0] {name} park()\n",
+            f"Hangup {name} [CS_EXECUTE] [NORMAL_CLEARING]\n",
+            f"({name}) Ended\n",
+            f"Close Channel {name} [CS_DESTROY]\n",
+        ]
+        found = [next((i for i, t in enumerate(lines) if t.endswith(w)), -1) for w in wanted]
+        assert -1 not in found and found == sorted(found), (u, lines)
+    # the body format, and the source of each line as the capture has it
+    by_kind: dict[tuple[str, bool], set[tuple[str | None, ...]]] = {}
+    for f in cap + mine:
+        body = f.body.decode()
+        kind = next(
+            (
+                k
+                for k in ("New Channel", "has been answered", "Hangup", "Ended", "Close")
+                if k in body
+            ),
+            "EXECUTE" if body.startswith("EXECUTE") else None,
+        )
+        if kind is None:
+            continue
+        inbound = f.get("User-Data") in (b, "2ed7af60-ceb4-44f2-af33-362fb1ed8ace")
+        src = tuple(
+            f.get(h) for h in ("Log-Level", "Text-Channel", "Log-File", "Log-Func", "Log-Line")
+        )
+        by_kind.setdefault((kind, inbound), set()).add(src)
+    assert all(len(v) == 1 for v in by_kind.values()), by_kind
+    stamp = re.compile(
+        r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6} \d+\.\d\d% \[(NOTICE|INFO)\] \S+:\d+ "
+    )
+    for f in mine:
+        body = f.body.decode()
+        assert body.startswith("EXECUTE [depth=0] ") or stamp.match(body), body
+    # nolog: no more log lines
+    assert log_esl.command("nolog") == "+OK no longer logging"
+    assert log_esl.command("nolog") == "-ERR not loging"
+    n = len(log_esl.logs)
+    answered_call(log_esl, server)
+    log_esl.api("hupall NORMAL_CLEARING")
+    log_esl.wait_count("CHANNEL_DESTROY", 4)
+    log_esl._fill(0.2)
+    assert len(log_esl.logs) == n
+
+
+def test_log_5_sends_no_info_lines(log_esl: LogEsl, server: SimServer) -> None:
+    assert log_esl.command("log notice") == "+OK log level notice [5]"
+    a, b = _logged_call(log_esl, server)
+    levels = {f.get("Log-Level") for f in log_esl.logs}
+    assert levels == {"5"}
+    texts = [t for _, t in log_texts(log_esl)]
+    assert not any(t.startswith("EXECUTE") or "[INFO]" in t for t in texts)
+    assert sum("New Channel" in t for t in texts) == 2
+    assert any(u == a and "Hangup" in t for u, t in log_texts(log_esl))
+    assert log_esl.command("log 5") == "+OK log level 5 [5]"
+
+
+def test_no_log_data_without_log(esl: Esl, server: SimServer) -> None:
+    answered_call(esl, server)
+    assert not [f for f in esl.frames if f.content_type == "log/data"]

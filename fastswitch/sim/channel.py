@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from . import logs
 from .config import SIP_CAUSES, cause_number, cause_q850, sip_reason
 from .templates import enc_url
 
@@ -204,6 +205,8 @@ class Leg:
         enc.set_block("XHDRS" if role == "A" else "VARS", [])
         enc.set_lazy(self._lazy_value)
         core.legs[uuid] = self
+        if core.loggers:
+            logs.new_channel(self)
 
     # -- rendering -----------------------------------------------------------------------
     def fire(self, name: str, variant: str = "", nested: bool = False, msg: bool = False) -> None:
@@ -411,6 +414,8 @@ class Leg:
         self.enc.set_plain("last_app", app)
         self.enc.set("last_arg", arg)
         self._set_app_values()
+        if self.core.loggers:
+            logs.execute(self, app, arg, 0)
         self.fire("CHANNEL_EXECUTE", nested=len(self.apps) > 1)
         APPS[app](self, arg, then)
 
@@ -457,6 +462,8 @@ class Leg:
             return
         self.mark("pmedia")
         self.set_answer("early")
+        if self.role == "B" and self.core.loggers:
+            logs.pre_answer(self)
         self.fire("CHANNEL_PROGRESS_MEDIA")
         self.set_callstate("EARLY")
         if self.role == "B":
@@ -468,13 +475,18 @@ class Leg:
             return
         if self.role == "A":
             return
+        loggers = self.core.loggers
         if self.answer != "early":
             self.mark("pmedia")
             self.set_answer("early")
+            if loggers:
+                logs.pre_answer(self)
             self.fire("CHANNEL_PROGRESS_MEDIA")
             self.set_callstate("EARLY")
         self.mark("answered")
         self.set_answer("answered")
+        if loggers:
+            logs.answered(self)
         self.fire("CHANNEL_ANSWER")
         self.set_callstate("ACTIVE")
         self.send("ANSWER")
@@ -515,6 +527,8 @@ class Leg:
             self.fire("CODEC", variant="write")
         self.mark("answered")
         self.set_answer("answered")
+        if self.core.loggers:
+            logs.answered(self)
         self.fire("CHANNEL_ANSWER")
         self.set_callstate("ACTIVE")
         self.fire("CALL_UPDATE")
@@ -600,6 +614,8 @@ class Leg:
             enc.set("sip_reason", sip_reason(far_cause or cause))
         self.mark("hangup")
         self.set_answer("hangup")
+        if core.loggers:
+            logs.hangup(self, self.cs, cause, disposition)
         self.fire("CHANNEL_HANGUP")
         # the session thread does the rest, after the api command that hung up returns
         core.loop.call_soon(self._hangup_rest, answered, disposition, term_status, notify)
@@ -644,6 +660,8 @@ class Leg:
             self.job.finish(f"-ERR {self.cause}\n")
         self.fire("CHANNEL_DESTROY")
         self.set_state("CS_DESTROY")
+        if self.core.loggers:
+            logs.ended(self)
         self.destroy()
 
     def destroy(self) -> None:

@@ -104,6 +104,8 @@ class Core:
         self.time_json: dict[str, bytes] = {}
         self.legs: dict[str, Leg] = {}
         self.listeners: list[EventSink] = []
+        #: ESL connections that asked for ``log <level>`` (see logs.py); empty = no cost
+        self.loggers: list[Any] = []
         self.connections: set[Any] = set()
         self.current_connection: Any = None  # the ESL connection running an api command
         self._wanted: dict[str, list[EventSink]] = {}

@@ -74,6 +74,7 @@ class EslConnection(asyncio.Protocol):
         self.myevents: str | None = None
         self.filtering = False
         self.logging: str | None = None
+        self.log_level = -1  # int(self.logging) while logging (see logs.py)
         self.paused = False
         self.blocked = False
         self.pending: deque[bytes] = deque()
@@ -101,8 +102,15 @@ class EslConnection(asyncio.Protocol):
             self.auth_timer.cancel()
         self.core.connections.discard(self)
         self.core.remove_listener(self)
+        self._stop_logging()
         self.pending.clear()
         self.out.clear()
+
+    def _stop_logging(self) -> None:
+        self.logging = None
+        self.log_level = -1
+        if self in self.core.loggers:
+            self.core.loggers.remove(self)
 
     def eof_received(self) -> bool:
         self.disconnect_notice(GOODBYE)
@@ -334,12 +342,15 @@ class EslConnection(asyncio.Protocol):
                 w(reply("-ERR invalid log level"))
             else:
                 self.logging = lvl
+                self.log_level = int(lvl)
+                if self not in self.core.loggers:
+                    self.core.loggers.append(self)
                 w(reply(f"+OK log level {arg} [{lvl}]"))
         elif low.startswith("nolog"):
             if self.logging is None:
                 w(reply("-ERR not loging"))
             else:
-                self.logging = None
+                self._stop_logging()
                 w(reply("+OK no longer logging"))
         elif low.startswith("event"):
             w(reply(self._event(cmd[5:].strip())))

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from . import logs
 from .channel import Leg, bert_peer, dialplan, dp_match
 
 if TYPE_CHECKING:
@@ -255,6 +256,8 @@ class SipLink:
         if match:
             leg.enc.set("dp_match", match)
         self.b_dialogs[cid] = leg
+        if core.loggers:
+            logs.inbound_invite(leg, str(from_addr), str(cid_num))
         leg.set_state("CS_NEW")
         leg.set_state("CS_INIT")
         leg.fire("CHANNEL_CREATE")
