@@ -32,8 +32,8 @@ def server() -> Iterator[SimServer]:
 
 
 @pytest.fixture
-def esl(server: SimServer) -> Iterator[Esl]:
-    c = Esl(server.address)
+def esl(server: SimServer) -> Iterator[LogEsl]:
+    c = LogEsl(server.address)
     try:
         yield c
     finally:
@@ -334,16 +334,6 @@ def log_texts(c: LogEsl) -> list[tuple[str, str]]:
     return [(f.get("User-Data", ""), f.body.decode()) for f in c.logs]
 
 
-@pytest.fixture
-def log_esl(server: SimServer) -> Iterator[LogEsl]:
-    c = LogEsl(server.address)
-    try:
-        yield c
-    finally:
-        c.api("hupall NORMAL_CLEARING")
-        c.close()
-
-
 def _capture_logs(captures_dir: Path) -> list[Frame]:
     frames = Parser().feed((captures_dir / "i_log.bin").read_bytes())
     logs = [f for f in frames if f.content_type == "log/data"]
@@ -365,7 +355,7 @@ def _logged_call(c: LogEsl, server: SimServer) -> tuple[str, str]:
 
 
 def test_log_7_sends_the_channel_lifecycle_as_log_data(
-    log_esl: LogEsl, server: SimServer, captures_dir: Path
+    esl: LogEsl, server: SimServer, captures_dir: Path
 ) -> None:
     cap = _capture_logs(captures_dir)
     cap_names = header_names(cap[0])
@@ -379,15 +369,15 @@ def test_log_7_sends_the_channel_lifecycle_as_log_data(
         "Log-Line",
         "User-Data",
     ]
-    assert log_esl.command("log 7") == "+OK log level 7 [7]"
-    a, b = _logged_call(log_esl, server)
-    mine = [f for f in log_esl.logs if f.get("User-Data") in (a, b)]
+    assert esl.command("log 7") == "+OK log level 7 [7]"
+    a, b = _logged_call(esl, server)
+    mine = [f for f in esl.logs if f.get("User-Data") in (a, b)]
     assert mine
     for f in mine:
         assert header_names(f) == cap_names
         assert int(f.get("Content-Length")) == len(f.body)
         assert f.body.endswith(b"\n")
-    texts = log_texts(log_esl)
+    texts = log_texts(esl)
     a_name = next(t for u, t in texts if u == a and "New Channel" in t).split()[-2]
     b_name = next(t for u, t in texts if u == b and "New Channel" in t).split()[-2]
     for u, name in ((a, a_name), (b, b_name)):
@@ -429,26 +419,26 @@ def test_log_7_sends_the_channel_lifecycle_as_log_data(
         body = f.body.decode()
         assert body.startswith("EXECUTE [depth=0] ") or stamp.match(body), body
     # nolog: no more log lines
-    assert log_esl.command("nolog") == "+OK no longer logging"
-    assert log_esl.command("nolog") == "-ERR not loging"
-    n = len(log_esl.logs)
-    answered_call(log_esl, server)
-    log_esl.api("hupall NORMAL_CLEARING")
-    log_esl.wait_count("CHANNEL_DESTROY", 4)
-    log_esl._fill(0.2)
-    assert len(log_esl.logs) == n
+    assert esl.command("nolog") == "+OK no longer logging"
+    assert esl.command("nolog") == "-ERR not loging"
+    n = len(esl.logs)
+    answered_call(esl, server)
+    esl.api("hupall NORMAL_CLEARING")
+    esl.wait_count("CHANNEL_DESTROY", 4)
+    esl._fill(0.2)
+    assert len(esl.logs) == n
 
 
-def test_log_5_sends_no_info_lines(log_esl: LogEsl, server: SimServer) -> None:
-    assert log_esl.command("log notice") == "+OK log level notice [5]"
-    a, b = _logged_call(log_esl, server)
-    levels = {f.get("Log-Level") for f in log_esl.logs}
+def test_log_5_sends_no_info_lines(esl: LogEsl, server: SimServer) -> None:
+    assert esl.command("log notice") == "+OK log level notice [5]"
+    a, b = _logged_call(esl, server)
+    levels = {f.get("Log-Level") for f in esl.logs}
     assert levels == {"5"}
-    texts = [t for _, t in log_texts(log_esl)]
+    texts = [t for _, t in log_texts(esl)]
     assert not any(t.startswith("EXECUTE") or "[INFO]" in t for t in texts)
     assert sum("New Channel" in t for t in texts) == 2
-    assert any(u == a and "Hangup" in t for u, t in log_texts(log_esl))
-    assert log_esl.command("log 5") == "+OK log level 5 [5]"
+    assert any(u == a and "Hangup" in t for u, t in log_texts(esl))
+    assert esl.command("log 5") == "+OK log level 5 [5]"
 
 
 def test_no_log_data_without_log(esl: Esl, server: SimServer) -> None:

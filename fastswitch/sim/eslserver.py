@@ -73,8 +73,7 @@ class EslConnection(asyncio.Protocol):
         self.filters: list[tuple[str, str]] = []
         self.myevents: str | None = None
         self.filtering = False
-        self.logging: str | None = None
-        self.log_level = -1  # int(self.logging) while logging (see logs.py)
+        self.log_level = -1  # the ``log <level>`` asked for; -1: not logging (see logs.py)
         self.paused = False
         self.blocked = False
         self.pending: deque[bytes] = deque()
@@ -107,7 +106,6 @@ class EslConnection(asyncio.Protocol):
         self.out.clear()
 
     def _stop_logging(self) -> None:
-        self.logging = None
         self.log_level = -1
         if self in self.core.loggers:
             self.core.loggers.remove(self)
@@ -341,13 +339,12 @@ class EslConnection(asyncio.Protocol):
             if lvl is None:
                 w(reply("-ERR invalid log level"))
             else:
-                self.logging = lvl
                 self.log_level = int(lvl)
                 if self not in self.core.loggers:
                     self.core.loggers.append(self)
                 w(reply(f"+OK log level {arg} [{lvl}]"))
         elif low.startswith("nolog"):
-            if self.logging is None:
+            if self.log_level < 0:
                 w(reply("-ERR not loging"))
             else:
                 self._stop_logging()

@@ -85,6 +85,12 @@ class SipConnection(asyncio.Protocol):
             self.transport.write(data)
 
 
+def _far_cause(msg: tuple[Any, ...]) -> str:
+    """The cause the far end's BYE/CANCEL carried (its Reason header), NORMAL_CLEARING
+    when it named none."""
+    return str(msg[2]) if len(msg) > 2 and msg[2] else "NORMAL_CLEARING"
+
+
 class SipLink:
     """The SIP side of one simulated server: its listener, peers and dialogs."""
 
@@ -197,7 +203,7 @@ class SipLink:
             if leg is None:
                 return
             # FreeSWITCH's BYE/CANCEL carry "Reason: Q.850;cause=<the caller's cause>"
-            far = str(msg[2]) if len(msg) > 2 and msg[2] else "NORMAL_CLEARING"
+            far = _far_cause(msg)
             if kind == "CANCEL":
                 leg.hangup(
                     "ORIGINATOR_CANCEL",
@@ -227,8 +233,9 @@ class SipLink:
             reason = bool(msg[4]) if len(msg) > 4 else False
             leg.hangup(msg[3], "recv_refuse", term_status=str(msg[2]), notify=False, reason=reason)
         elif kind == "BYE":
-            far = str(msg[2]) if len(msg) > 2 and msg[2] else "NORMAL_CLEARING"
-            leg.hangup("NORMAL_CLEARING", "recv_bye", notify=False, reason=True, far_cause=far)
+            leg.hangup(
+                "NORMAL_CLEARING", "recv_bye", notify=False, reason=True, far_cause=_far_cause(msg)
+            )
         elif kind == "BERT":
             bert_peer(leg, float(msg[2]) if len(msg) > 2 else 0.0)
 
